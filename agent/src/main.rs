@@ -1,12 +1,169 @@
-//! `bbot-agent`: the build host's agent. See ARCHITECTURE.md for the flow of a task.
+//! `bbot-agent`: the build host's agent. Parses the command line, wires the
+//! library's modules together and maps the outcome to an exit status (0 for a
+//! clean stop or a finished one-shot mode, 1 for errors).
 
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
 use clap::Parser;
 
-/// Command line of the agent; bbot's option names are kept so that admins' unit files carry over.
-#[derive(Parser, Debug)]
-#[command(name = "bbot-agent", version, about)]
-struct Cli {}
+use bbot_agent::cli::{self, Cli};
+use bbot_agent::controller::Client;
+use bbot_agent::fake::{fake_bootstrap_manifest, FakeRunner};
+use bbot_agent::machines::{BootstrappedMachine, Machines, MachinesConfig};
+use bbot_agent::notify::Notifier;
+use bbot_agent::runner::NoVmRunner;
+use bbot_agent::signals::Signals;
+use bbot_agent::spool::Spool;
+use bbot_agent::task::TaskConfig;
+use bbot_agent::work_loop::{Agent, Exit, LoopConfig, MachineSource};
+use bbot_agent::{fsutil, logging};
+use manifests::{
+    BootstrappedMachineManifest, Document, MachineHeader, MachineManifest, MachineType,
+    ToolchainManifest,
+};
 
-fn main() {
-    let _cli = Cli::parse();
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    if cli.controllers.is_empty() && cli.needs_controller() {
+        eprintln!("error: controller url expected");
+        eprintln!("  info: run 'bbot-agent --help' for more information");
+        return ExitCode::from(1);
+    }
+    if let Err(e) = logging::init(cli.verbose, cli.systemd_daemon) {
+        eprintln!("error: {e}");
+        return ExitCode::from(1);
+    }
+    match run(&cli) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The host name reported as `agent` in task requests.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// `--fake-machine`: a machine header manifest offered as if bootstrapped.
+fn fake_machine(path: &Path, cli: &Cli) -> anyhow::Result<BootstrappedMachine> {
+    let bytes = fsutil::read_file_or_stdin(path)
+        .with_context(|| format!("--fake-machine: cannot read {}", path.display()))?;
+    let header = MachineHeader::parse(&bytes, &fsutil::source_name(path))
+        .context("--fake-machine: invalid machine header manifest")?;
+    let name = header.name.clone();
+    Ok(BootstrappedMachine {
+        path: cli.machines.join(&name),
+        dir: None,
+        manifest: BootstrappedMachineManifest {
+            machine: MachineManifest {
+                header,
+                machine_type: MachineType::Kvm,
+                mac: None,
+                options: None,
+                changes: None,
+                extra: Vec::new(),
+            },
+            toolchain: ToolchainManifest {
+                id: cli.toolchain_id.clone().unwrap_or_default(),
+                extra: Vec::new(),
+            },
+            bootstrap: fake_bootstrap_manifest(),
+        },
+    })
+}
+
+fn run(cli: &Cli) -> anyhow::Result<Exit> {
+    let signals = Signals::install().context("cannot install signal handlers")?;
+    let notifier = Notifier::from_env();
+    notifier.start_watchdog(Duration::from_secs(cli.request_timeout.saturating_add(60)));
+    tracing::info!(
+        "bbot-agent {} starting (toolchain {} #{})",
+        bbot_agent::version::AGENT_VERSION,
+        cli.toolchain_name,
+        cli.toolchain_num
+    );
+    let runner = FakeRunner::new(
+        cli.fake_bootstrap,
+        cli.fake_build,
+        Duration::from_secs(cli.fake_build_duration),
+        Box::new(NoVmRunner),
+    );
+    let source = match &cli.fake_machine {
+        Some(p) => MachineSource::Fake(Box::new(fake_machine(p, cli)?)),
+        None => {
+            let m = Machines::new(
+                MachinesConfig {
+                    machines: cli.machines.clone(),
+                    toolchain_name: cli.toolchain_name.clone(),
+                    toolchain_id: cli.toolchain_id.clone().filter(|s| !s.is_empty()),
+                    toolchain_num: cli.toolchain_num,
+                    bootstrap_timeout: Duration::from_secs(cli.bootstrap_timeout),
+                },
+                &runner,
+                signals.stop_token(),
+            );
+            m.check()?;
+            m.clean_leftovers()?;
+            MachineSource::Enumerate(m)
+        }
+    };
+    let dumping = cli.dump_machines || cli.dump_task || cli.dump_result;
+    let spool = if dumping {
+        None
+    } else {
+        let dir = cli.state_dir();
+        Some(Spool::open(&dir).with_context(|| format!("--state {}", dir.display()))?)
+    };
+    let client = Client::new(Duration::from_secs(cli.request_timeout))?;
+    let cfg = LoopConfig {
+        controllers: cli::polling_order(&cli.controllers),
+        agent_name: host_name(),
+        toolchain_name: cli.toolchain_name.clone(),
+        toolchain_version: cli.toolchain_version(),
+        task: TaskConfig {
+            toolchain_name: cli.toolchain_name.clone(),
+            build_timeout: Duration::from_secs(cli.build_timeout),
+            trust: cli.trust.clone(),
+        },
+        idle_sleep: Duration::from_secs(cli.idle_sleep),
+        dump_machines: cli.dump_machines,
+        dump_task: cli.dump_task,
+        dump_result: cli.dump_result,
+        fake_request: cli.fake_request.clone(),
+    };
+    let mut agent = Agent::new(
+        cfg,
+        source,
+        &runner,
+        client,
+        spool,
+        signals,
+        notifier.clone(),
+    );
+    let exit = agent.run()?;
+    if exit == Exit::Stopped {
+        tracing::info!("stopped");
+    }
+    notifier.stopping();
+    Ok(exit)
 }

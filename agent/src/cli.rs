@@ -1,0 +1,211 @@
+//! Command line, with bbot-agent's option names so that admins' unit files and
+//! habits carry over, plus `--state` for the result spool.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::Parser;
+
+/// A controller URL with bbot's optional `[F]DCBA=` priority prefix.
+///
+/// Why: bbot lets an admin poll several controllers with different priorities
+/// (`100=https://ci.example.org/?build-task`); higher priority is asked first.
+/// The optional fifth digit `F` carries bbot's flags and is kept but not acted
+/// upon (bbot uses it to interrupt lower-priority tasks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerUrl {
+    /// The `DCBA` part as a number; 0 when no prefix was given.
+    pub priority: u32,
+    /// The `F` digit when the prefix had five digits.
+    pub flags: u8,
+    /// The URL proper.
+    pub url: String,
+}
+
+/// A controller URL argument that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerUrlError {
+    /// Not an http(s) URL.
+    #[error("invalid controller url '{0}': {1}")]
+    Invalid(String, String),
+}
+
+impl FromStr for ControllerUrl {
+    type Err = ControllerUrlError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (mut priority, mut flags, mut url) = (0u32, 0u8, s);
+        if let Some((p, rest)) = s.split_once('=') {
+            if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) {
+                let (f, dcba) = if p.len() == 5 {
+                    p.split_at(1)
+                } else {
+                    ("0", p)
+                };
+                flags = f.parse().unwrap_or(0);
+                priority = dcba.parse().unwrap_or(0);
+                url = rest;
+            }
+        }
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| ControllerUrlError::Invalid(s.to_string(), e.to_string()))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(ControllerUrlError::Invalid(
+                s.to_string(),
+                "scheme must be http or https".into(),
+            ));
+        }
+        Ok(Self {
+            priority,
+            flags,
+            url: url.to_string(),
+        })
+    }
+}
+
+/// Orders controllers the way they are polled: higher priority first, and
+/// command-line order within a priority (deterministic, unlike bbot's shuffle).
+pub fn polling_order(urls: &[ControllerUrl]) -> Vec<ControllerUrl> {
+    let mut v = urls.to_vec();
+    v.sort_by_key(|c| std::cmp::Reverse(c.priority));
+    v
+}
+
+/// `bbot-agent [options] [[F]DCBA=]<url>...`
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "bbot-agent",
+    version,
+    about = "Build-farm node agent: polls controllers and runs each task in a throw-away VM booted from a btrfs snapshot"
+)]
+pub struct Cli {
+    /// Directory (on btrfs) holding the machine volumes.
+    #[arg(long, value_name = "DIR", default_value = "/build/machines")]
+    pub machines: PathBuf,
+    /// Directory served to guests over TFTP.
+    #[arg(long, value_name = "DIR", default_value = "/build/tftp")]
+    pub tftp: PathBuf,
+    /// Directory for state that must survive restarts (results awaiting upload).
+    /// Default: /var/lib/bbot-agent/<toolchain-name>.
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// Toolchain name: bootstrapped machines are `<name>-<toolchain-name>`.
+    #[arg(long, value_name = "STR", default_value = "default")]
+    pub toolchain_name: String,
+    /// Toolchain instance number on this host (1..99).
+    #[arg(long, value_name = "NUM", default_value_t = 1)]
+    pub toolchain_num: u16,
+    /// Toolchain id; when given, a change re-bootstraps every machine.
+    #[arg(long, value_name = "STR")]
+    pub toolchain_id: Option<String>,
+    /// Toolchain version reported to controllers (default: the agent's version).
+    #[arg(long, value_name = "STR")]
+    pub toolchain_ver: Option<String>,
+    /// Number of CPUs given to each VM.
+    #[arg(long, value_name = "NUM", default_value_t = 1)]
+    pub cpu: u16,
+    /// RAM given to each VM, in KiB.
+    #[arg(long, value_name = "NUM", default_value_t = 1024 * 1024)]
+    pub ram: u64,
+    /// Bridge interface the VMs' network is attached to.
+    #[arg(long, value_name = "IFACE", default_value = "br1")]
+    pub bridge: String,
+    /// Bootstrap timeout in seconds.
+    #[arg(long, value_name = "SEC", default_value_t = 3600)]
+    pub bootstrap_timeout: u64,
+    /// Build timeout in seconds (keep well below the controller's 3 hours).
+    #[arg(long, value_name = "SEC", default_value_t = 5400)]
+    pub build_timeout: u64,
+    /// Controller request timeout in seconds.
+    #[arg(long, value_name = "SEC", default_value_t = 300)]
+    pub request_timeout: u64,
+    /// Trust repository certificate fingerprint (repeatable); replaces the task's list.
+    #[arg(long, value_name = "FP")]
+    pub trust: Vec<String>,
+    /// Verbosity level 0 (errors and warnings) .. 6.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub verbose: u8,
+    /// Run as a systemd daemon: journald priority prefixes on log lines.
+    #[arg(long)]
+    pub systemd_daemon: bool,
+    /// Print the machine headers that would be offered and exit.
+    #[arg(long)]
+    pub dump_machines: bool,
+    /// Print the task received and exit.
+    #[arg(long)]
+    pub dump_task: bool,
+    /// Print the result instead of uploading it and exit.
+    #[arg(long)]
+    pub dump_result: bool,
+    /// Pretend every bootstrap succeeded (no VM).
+    #[arg(long)]
+    pub fake_bootstrap: bool,
+    /// Make up a result instead of building (no VM).
+    #[arg(long)]
+    pub fake_build: bool,
+    /// Use this machine header manifest (`-` for stdin) instead of enumerating.
+    #[arg(long, value_name = "FILE")]
+    pub fake_machine: Option<PathBuf>,
+    /// Use this task response or task manifest (`-` for stdin) instead of asking controllers.
+    #[arg(long, value_name = "FILE")]
+    pub fake_request: Option<PathBuf>,
+    /// How long a fake build takes, in seconds (testing aid).
+    #[arg(long, value_name = "SEC", default_value_t = 0, hide = true)]
+    pub fake_build_duration: u64,
+    /// Seconds to sleep when no controller has a task.
+    #[arg(long, value_name = "SEC", default_value_t = 60, hide = true)]
+    pub idle_sleep: u64,
+    /// Controller URLs, optionally prefixed with `[F]DCBA=` priority.
+    #[arg(value_name = "URL")]
+    pub controllers: Vec<ControllerUrl>,
+}
+
+impl Cli {
+    /// The state directory, defaulting per toolchain so that several agent
+    /// instances on one host keep separate spools.
+    pub fn state_dir(&self) -> PathBuf {
+        self.state
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/lib/bbot-agent").join(&self.toolchain_name))
+    }
+
+    /// The toolchain version reported to controllers.
+    pub fn toolchain_version(&self) -> String {
+        self.toolchain_ver
+            .clone()
+            .unwrap_or_else(|| crate::version::AGENT_VERSION.to_string())
+    }
+
+    /// Tells whether the command line asks for work that needs no controller.
+    pub fn needs_controller(&self) -> bool {
+        !(self.dump_machines || self.fake_request.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priority_prefix() {
+        let u: ControllerUrl = "100=http://a/x?y=1".parse().unwrap();
+        assert_eq!(
+            (u.priority, u.flags, u.url.as_str()),
+            (100, 0, "http://a/x?y=1")
+        );
+        let u: ControllerUrl = "11234=https://b/".parse().unwrap();
+        assert_eq!((u.priority, u.flags), (1234, 1));
+        let u: ControllerUrl = "http://c/?a=b".parse().unwrap();
+        assert_eq!((u.priority, u.url.as_str()), (0, "http://c/?a=b"));
+        assert!("ftp://x/".parse::<ControllerUrl>().is_err());
+        assert!("nonsense".parse::<ControllerUrl>().is_err());
+        let order = polling_order(&[
+            "1=http://a/".parse().unwrap(),
+            "http://b/".parse().unwrap(),
+            "2=http://c/".parse().unwrap(),
+            "1=http://d/".parse().unwrap(),
+        ]);
+        let urls: Vec<_> = order.iter().map(|u| u.url.as_str()).collect();
+        assert_eq!(urls, ["http://c/", "http://a/", "http://d/", "http://b/"]);
+    }
+}

@@ -1,0 +1,132 @@
+//! `--fake-bootstrap` / `--fake-build`: a [`MachineRunner`] that pretends, as
+//! bbot's agent does, so that the control plane (subvolumes, controllers,
+//! results, signals) can be exercised without a VM.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use manifests::{BootstrapManifest, OperationResult, ResultManifest, ResultStatus};
+
+use crate::cancel::Cancel;
+use crate::runner::{BootstrapJob, MachineRunner, RunnerError, TaskJob};
+use crate::version::{AGENT_PACKAGE, AGENT_VERSION, WORKER_GUEST_PACKAGE, WORKER_GUEST_VERSION};
+
+/// Fakes bootstraps and/or builds; whatever it does not fake goes to `real`.
+pub struct FakeRunner {
+    fake_bootstrap: bool,
+    fake_build: bool,
+    build_duration: Duration,
+    real: Box<dyn MachineRunner>,
+    bootstraps: AtomicUsize,
+    builds: AtomicUsize,
+}
+
+impl FakeRunner {
+    /// Fakes what the flags say; `build_duration` makes a fake build take time
+    /// (interruptible), which is how the signal test catches a task in flight.
+    pub fn new(
+        fake_bootstrap: bool,
+        fake_build: bool,
+        build_duration: Duration,
+        real: Box<dyn MachineRunner>,
+    ) -> Self {
+        Self {
+            fake_bootstrap,
+            fake_build,
+            build_duration,
+            real,
+            bootstraps: AtomicUsize::new(0),
+            builds: AtomicUsize::new(0),
+        }
+    }
+
+    /// How many bootstraps were faked so far (lets tests see re-bootstraps).
+    pub fn bootstraps(&self) -> usize {
+        self.bootstraps.load(Ordering::SeqCst)
+    }
+
+    /// How many builds were faked so far.
+    pub fn builds(&self) -> usize {
+        self.builds.load(Ordering::SeqCst)
+    }
+}
+
+/// The bootstrap manifest a real guest of this version would upload.
+pub fn fake_bootstrap_manifest() -> BootstrapManifest {
+    BootstrapManifest {
+        versions: vec![
+            (AGENT_PACKAGE.to_string(), AGENT_VERSION.to_string()),
+            (
+                WORKER_GUEST_PACKAGE.to_string(),
+                WORKER_GUEST_VERSION.to_string(),
+            ),
+        ],
+        extra: Vec::new(),
+    }
+}
+
+/// A made-up successful result: one operation per board and commit, named
+/// `<target>@<commit_upto>` as in PROTOCOLS.md section 6.
+pub fn fake_result(task: &manifests::TaskManifest) -> ResultManifest {
+    let mut r = ResultManifest::new(task.name.clone(), task.version.clone());
+    let commits: Vec<Option<&str>> = if task.commits.is_empty() {
+        vec![None]
+    } else {
+        task.commits.iter().map(|c| Some(c.as_str())).collect()
+    };
+    for b in &task.boards {
+        for (i, c) in commits.iter().enumerate() {
+            r.push_operation(OperationResult {
+                name: manifests::TaskManifest::operation_name(b, i),
+                status: ResultStatus::Success,
+                log: Some(format!(
+                    "fake build of {} ({}) at {}\n",
+                    b.target,
+                    b.arch,
+                    c.unwrap_or("HEAD")
+                )),
+            });
+        }
+    }
+    if r.operations.is_empty() {
+        r.status = ResultStatus::Success;
+    }
+    r.worker_checksum = task.worker_checksum.clone();
+    r.dependency_checksum = task.dependency_checksum.clone();
+    r
+}
+
+impl MachineRunner for FakeRunner {
+    fn bootstrap(
+        &self,
+        job: &BootstrapJob<'_>,
+        cancel: &Cancel,
+    ) -> Result<BootstrapManifest, RunnerError> {
+        if !self.fake_bootstrap {
+            return self.real.bootstrap(job, cancel);
+        }
+        if cancel.is_cancelled() {
+            return Err(RunnerError::Interrupted);
+        }
+        self.bootstraps.fetch_add(1, Ordering::SeqCst);
+        tracing::debug!("fake bootstrap of {}", job.subvolume.display());
+        Ok(fake_bootstrap_manifest())
+    }
+
+    fn run_task(&self, job: &TaskJob<'_>, cancel: &Cancel) -> Result<ResultManifest, RunnerError> {
+        if !self.fake_build {
+            return self.real.run_task(job, cancel);
+        }
+        self.builds.fetch_add(1, Ordering::SeqCst);
+        tracing::debug!(
+            "fake build of {} {} on {}",
+            job.task.name,
+            job.task.version,
+            job.task.machine
+        );
+        if cancel.sleep(self.build_duration) {
+            return Err(RunnerError::Interrupted);
+        }
+        Ok(fake_result(job.task))
+    }
+}

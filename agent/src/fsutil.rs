@@ -1,0 +1,59 @@
+//! Small filesystem helpers shared by the modules that write state.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// Writes `data` to `path` through a temporary file in the same directory and a
+/// rename, so that a reader (or a restarted agent) never sees half a file.
+pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let tmp = tmp_sibling(path);
+    let r = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
+
+/// `<path>.tmp-<pid>`: the temporary name [`write_atomic`] uses.
+fn tmp_sibling(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(format!(".tmp-{}", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Reads a file given as `FILE` or `-` (stdin), as the `--fake-*` options allow.
+pub fn read_file_or_stdin(path: &Path) -> io::Result<Vec<u8>> {
+    if path == Path::new("-") {
+        let mut v = Vec::new();
+        io::Read::read_to_end(&mut io::stdin(), &mut v)?;
+        Ok(v)
+    } else {
+        std::fs::read(path)
+    }
+}
+
+/// The name used for `path` in manifest error messages (`<stdin>` for `-`).
+pub fn source_name(path: &Path) -> String {
+    if path == Path::new("-") {
+        "<stdin>".to_string()
+    } else {
+        path.display().to_string()
+    }
+}
+
+/// Tells whether a process with this pid exists and runs an executable named
+/// `comm` (pid reuse after a reboot must not keep a leftover alive forever).
+pub fn process_alive(pid: u32, comm: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        Ok(c) => c.trim_end() == comm,
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,23 @@
+//! `bbot-agent` as a library: the build host's control plane (machines on
+//! btrfs, controllers over HTTP, the work loop, signals, systemd), following
+//! build2's bbot agent. The binary in `main.rs` only parses the command line
+//! and wires these modules together; tests and benchmarks use them directly.
+//!
+//! Booting real guests lives behind the [`runner::MachineRunner`] seam.
+
+pub mod btrfs;
+pub mod cancel;
+pub mod cli;
+pub mod controller;
+pub mod fake;
+pub mod fsutil;
+pub mod layout;
+pub mod logging;
+pub mod machines;
+pub mod notify;
+pub mod runner;
+pub mod signals;
+pub mod spool;
+pub mod task;
+pub mod version;
+pub mod work_loop;

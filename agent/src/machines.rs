@@ -1,0 +1,454 @@
+//! Per-round machine bookkeeping of PROTOCOLS.md section 4: find the machines,
+//! keep one bootstrapped `<name>-<toolchain>` per machine current, and return the
+//! machines that can be offered to controllers.
+//!
+//! Why this shape: each step that can race with the admin (who swaps revision
+//! links at any time) either works on an atomic snapshot or is retried a bounded
+//! number of times, and every temporary subvolume is owned by a guard that
+//! deletes it unless it was renamed into place.
+//!
+//! One deliberate difference from bbot: the "is the bootstrapped machine still
+//! current" check reads the revision's manifest directly and only snapshots the
+//! revision when a bootstrap is actually needed. bbot snapshots every machine
+//! every round; with 1,000 machines that is 2,000 btrfs transactions per round.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use manifests::{
+    BootstrappedMachineManifest, Document, MacAddress, MachineHeader, MachineManifest,
+    ToolchainManifest,
+};
+
+use crate::btrfs::{self, BtrfsError};
+use crate::cancel::Cancel;
+use crate::fsutil;
+use crate::layout::{self, LayoutError, MachineDir, MANIFEST_FILE};
+use crate::runner::{BootstrapJob, MachineRunner, RunnerError};
+use crate::version::{self, BootstrappedBy, AGENT_PACKAGE, AGENT_VERSION};
+
+/// How many times the link is resolved and snapshotted again when the admin
+/// swaps revisions under our feet.
+pub const MAX_ATTEMPTS: u32 = 5;
+
+/// Pause between attempts, giving the admin's swap time to complete.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// What the bookkeeping needs to know from the command line.
+#[derive(Debug, Clone)]
+pub struct MachinesConfig {
+    /// `--machines`.
+    pub machines: PathBuf,
+    /// `--toolchain-name`.
+    pub toolchain_name: String,
+    /// `--toolchain-id`, when given (a change makes every bootstrap obsolete).
+    pub toolchain_id: Option<String>,
+    /// `--toolchain-num`, mixed into generated MAC addresses.
+    pub toolchain_num: u16,
+    /// `--bootstrap-timeout`.
+    pub bootstrap_timeout: Duration,
+}
+
+/// A machine ready to be offered: its bootstrapped subvolume and manifest.
+#[derive(Debug, Clone)]
+pub struct BootstrappedMachine {
+    /// The `<name>-<toolchain>` subvolume (tasks snapshot it), or the fake path.
+    pub path: PathBuf,
+    /// Its machine directory, where per-task snapshots are made.
+    pub dir: Option<MachineDir>,
+    /// The bootstrapped machine manifest.
+    pub manifest: BootstrappedMachineManifest,
+}
+
+impl BootstrappedMachine {
+    /// The header offered to controllers.
+    pub fn header(&self) -> &MachineHeader {
+        &self.manifest.machine.header
+    }
+}
+
+/// A failure that stops the whole enumeration (as opposed to one machine).
+#[derive(Debug, thiserror::Error)]
+pub enum MachinesError {
+    /// `--machines` is unusable (missing, not btrfs).
+    #[error("--machines: {0}")]
+    Filesystem(#[from] BtrfsError),
+    /// The machines directory or a volume cannot be read.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// A stop was requested in the middle of the round.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// Why one machine is skipped this round (logged, the round goes on).
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    /// Link or directory problem.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// Snapshot, delete or read-only flag problem.
+    #[error(transparent)]
+    Btrfs(#[from] BtrfsError),
+    /// A manifest cannot be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file concerned.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A manifest is malformed.
+    #[error(transparent)]
+    Manifest(#[from] manifests::Error),
+    /// The revision's manifest names another machine than its directory.
+    #[error("{path}: machine name '{found}' does not match directory name '{expected}'")]
+    NameMismatch {
+        /// The manifest file.
+        path: PathBuf,
+        /// The directory's name.
+        expected: String,
+        /// The manifest's `name`.
+        found: String,
+    },
+    /// The bootstrap failed.
+    #[error("bootstrap failed: {0}")]
+    Bootstrap(#[from] RunnerError),
+    /// The revision kept changing while we tried to snapshot it.
+    #[error("{0}: revision kept changing; giving up for this round")]
+    Unstable(PathBuf),
+}
+
+/// Deletes a temporary subvolume when dropped unless disarmed; this is what
+/// guarantees that no error path leaves a temporary snapshot behind.
+#[derive(Debug)]
+pub struct TempSubvolume {
+    path: Option<PathBuf>,
+}
+
+impl TempSubvolume {
+    /// Snapshots `src` to `dst` and takes ownership of `dst`.
+    pub fn snapshot(src: &Path, dst: PathBuf) -> Result<Self, BtrfsError> {
+        btrfs::snapshot(src, &dst)?;
+        Ok(Self { path: Some(dst) })
+    }
+
+    /// The snapshot's path.
+    pub fn path(&self) -> &Path {
+        self.path.as_deref().unwrap_or(Path::new(""))
+    }
+
+    /// Renames the snapshot to `to` and gives up ownership (it is no longer
+    /// temporary).
+    pub fn rename_into_place(mut self, to: &Path) -> io::Result<()> {
+        let from = self.path.take().unwrap_or_default();
+        match std::fs::rename(&from, to) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.path = Some(from);
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes the snapshot now, reporting failure.
+    pub fn delete(mut self) -> Result<(), BtrfsError> {
+        match self.path.take() {
+            Some(p) => btrfs::delete(&p),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TempSubvolume {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take() {
+            if let Err(e) = btrfs::delete(&p) {
+                tracing::error!("cannot delete temporary snapshot: {e}");
+            }
+        }
+    }
+}
+
+fn read_manifest<T: Document>(path: &Path) -> Result<T, MachineError> {
+    let bytes = std::fs::read(path).map_err(|source| MachineError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(T::parse(&bytes, &path.display().to_string())?)
+}
+
+/// A stable, locally administered MAC for a machine of this toolchain instance,
+/// used when the machine manifest does not fix one.
+pub fn generate_mac(machine: &str, toolchain: &str, num: u16) -> MacAddress {
+    let mut h = DefaultHasher::new();
+    (machine, toolchain, num).hash(&mut h);
+    let b = h.finish().to_be_bytes();
+    MacAddress::locally_administered([b[0], b[1], b[2], b[3], b[4], b[5]])
+}
+
+/// Machine enumeration and bootstrap bookkeeping for one agent instance.
+pub struct Machines<'a> {
+    cfg: MachinesConfig,
+    runner: &'a dyn MachineRunner,
+    cancel: Cancel,
+}
+
+impl<'a> Machines<'a> {
+    /// Bookkeeping for `cfg`, bootstrapping through `runner`, stopping when
+    /// `cancel` is set.
+    pub fn new(cfg: MachinesConfig, runner: &'a dyn MachineRunner, cancel: Cancel) -> Self {
+        Self {
+            cfg,
+            runner,
+            cancel,
+        }
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &MachinesConfig {
+        &self.cfg
+    }
+
+    /// Checks that `--machines` exists and is on btrfs.
+    pub fn check(&self) -> Result<(), MachinesError> {
+        Ok(btrfs::check_filesystem(&self.cfg.machines)?)
+    }
+
+    /// Deletes temporary snapshots of this toolchain left by a crashed agent
+    /// (their pid is no longer a running bbot-agent). Run once at start, before
+    /// anything else touches the machines. Returns how many were deleted.
+    pub fn clean_leftovers(&self) -> Result<usize, MachinesError> {
+        let me = std::process::id();
+        let mut n = 0;
+        for md in layout::machine_dirs(&self.cfg.machines)? {
+            let temps = match md.temporaries(&self.cfg.toolchain_name) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    continue;
+                }
+            };
+            for (path, pid) in temps {
+                if pid == me || fsutil::process_alive(pid, "bbot-agent") {
+                    tracing::warn!(
+                        "{}: belongs to running agent {pid}; leaving it",
+                        path.display()
+                    );
+                    continue;
+                }
+                let r = if btrfs::is_subvolume(&path) {
+                    btrfs::delete(&path).map_err(|e| e.to_string())
+                } else {
+                    std::fs::remove_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))
+                };
+                match r {
+                    Ok(()) => {
+                        tracing::info!("deleted leftover temporary snapshot {}", path.display());
+                        n += 1;
+                    }
+                    Err(e) => tracing::error!("cannot delete leftover: {e}"),
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// One round: walks every machine, bootstraps what needs it, returns what
+    /// can be offered. Problems with one machine are logged and skip it.
+    pub fn enumerate(&self) -> Result<Vec<BootstrappedMachine>, MachinesError> {
+        let mut out = Vec::new();
+        for md in layout::machine_dirs(&self.cfg.machines)? {
+            if self.cancel.is_cancelled() {
+                return Err(MachinesError::Interrupted);
+            }
+            match self.machine(&md) {
+                Ok(Some(m)) => out.push(m),
+                Ok(None) => {}
+                Err(MachineError::Bootstrap(RunnerError::Interrupted)) => {
+                    return Err(MachinesError::Interrupted)
+                }
+                Err(e) => tracing::error!("machine {}/{}: {e}", md.volume, md.name),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Steps 1-5 of section 4 for one machine directory.
+    fn machine(&self, md: &MachineDir) -> Result<Option<BootstrappedMachine>, MachineError> {
+        let tc = &self.cfg.toolchain_name;
+        let xp = md.bootstrapped(tc);
+        for attempt in 1..=MAX_ATTEMPTS {
+            let last = attempt == MAX_ATTEMPTS;
+            // 1: resolve the link.
+            let Some(target) = md.resolve_link()? else {
+                if xp.exists() {
+                    tracing::info!(
+                        "{}: no {} link; deleting",
+                        xp.display(),
+                        md.link().display()
+                    );
+                    btrfs::delete(&xp)?;
+                }
+                return Ok(None);
+            };
+            let mpath = target.join(MANIFEST_FILE);
+            let mm: MachineManifest = match read_manifest(&mpath) {
+                Ok(m) => m,
+                Err(MachineError::Io { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound && !last =>
+                {
+                    // The revision vanished: the link is being swapped.
+                    std::thread::sleep(RETRY_PAUSE);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if mm.header.name != md.name {
+                return Err(MachineError::NameMismatch {
+                    path: mpath,
+                    expected: md.name.clone(),
+                    found: mm.header.name,
+                });
+            }
+            // 3: is the bootstrapped machine current?
+            if xp.exists() {
+                match self.current(&xp, &mm) {
+                    Ok(Currency::Current(b)) => {
+                        return Ok(Some(BootstrappedMachine {
+                            path: xp,
+                            dir: Some(md.clone()),
+                            manifest: *b,
+                        }))
+                    }
+                    Ok(Currency::Newer) => return Ok(None),
+                    Ok(Currency::Obsolete(why)) => {
+                        tracing::info!("{}: obsolete ({why}); deleting", xp.display())
+                    }
+                    Err(e) => tracing::warn!("{}: unusable ({e}); deleting", xp.display()),
+                }
+                btrfs::delete(&xp)?;
+            }
+            // 2 and 4: snapshot the revision, bootstrap, rename into place.
+            let tmp = match TempSubvolume::snapshot(&target, md.temp(tc)) {
+                Ok(t) => t,
+                Err(e) if !last => {
+                    tracing::debug!("snapshot failed ({e}); retrying");
+                    std::thread::sleep(RETRY_PAUSE);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            return self.bootstrap(md, tmp, &xp).map(Some);
+        }
+        Err(MachineError::Unstable(md.link()))
+    }
+
+    /// Decides whether the bootstrapped machine at `xp` is still usable for
+    /// revision manifest `mm`.
+    fn current(&self, xp: &Path, mm: &MachineManifest) -> Result<Currency, MachineError> {
+        let b: BootstrappedMachineManifest = read_manifest(&xp.join(MANIFEST_FILE))?;
+        let recorded = b.bootstrap.version_of(AGENT_PACKAGE);
+        match version::bootstrapped_by(recorded) {
+            BootstrappedBy::Newer => {
+                tracing::warn!(
+                    "{}: bootstrapped by newer agent {}; ignoring this machine",
+                    xp.display(),
+                    recorded.unwrap_or_default()
+                );
+                return Ok(Currency::Newer);
+            }
+            BootstrappedBy::Older => {
+                return Ok(Currency::Obsolete(format!(
+                    "bootstrapped by older agent {}",
+                    recorded.unwrap_or("(unknown)")
+                )))
+            }
+            BootstrappedBy::Same => {}
+        }
+        if b.machine.header.id != mm.header.id {
+            return Ok(Currency::Obsolete(format!(
+                "machine id changed from {} to {}",
+                b.machine.header.id, mm.header.id
+            )));
+        }
+        if let Some(id) = &self.cfg.toolchain_id {
+            if &b.toolchain.id != id {
+                return Ok(Currency::Obsolete(format!(
+                    "toolchain id changed from {} to {id}",
+                    b.toolchain.id
+                )));
+            }
+        }
+        Ok(Currency::Current(Box::new(b)))
+    }
+
+    /// Step 4: bootstraps the snapshot `tmp`, writes the bootstrapped machine
+    /// manifest into it and renames it to `xp`. On any error `tmp` is deleted.
+    fn bootstrap(
+        &self,
+        md: &MachineDir,
+        tmp: TempSubvolume,
+        xp: &Path,
+    ) -> Result<BootstrappedMachine, MachineError> {
+        // The snapshot's own manifest: consistent with the image even if the
+        // admin swapped revisions since we looked.
+        let mm: MachineManifest = read_manifest(&tmp.path().join(MANIFEST_FILE))?;
+        let mac = mm.mac.unwrap_or_else(|| {
+            generate_mac(&md.name, &self.cfg.toolchain_name, self.cfg.toolchain_num)
+        });
+        tracing::info!("bootstrapping {} (id {})", md.name, mm.header.id);
+        let job = BootstrapJob {
+            machine: &mm,
+            subvolume: tmp.path(),
+            mac,
+            timeout: self.cfg.bootstrap_timeout,
+        };
+        let mut bs = self.runner.bootstrap(&job, &self.cancel)?;
+        // Record which agent bootstrapped it: the obsolescence check relies on it.
+        bs.versions.retain(|(p, _)| p != AGENT_PACKAGE);
+        bs.versions
+            .insert(0, (AGENT_PACKAGE.to_string(), AGENT_VERSION.to_string()));
+        let mut machine = mm;
+        machine.mac = Some(mac);
+        let bm = BootstrappedMachineManifest {
+            machine,
+            toolchain: ToolchainManifest {
+                id: self.cfg.toolchain_id.clone().unwrap_or_default(),
+                extra: Vec::new(),
+            },
+            bootstrap: bs,
+        };
+        let text = bm.to_text()?;
+        let mpath = tmp.path().join(MANIFEST_FILE);
+        fsutil::write_atomic(&mpath, text.as_bytes()).map_err(|source| MachineError::Io {
+            path: mpath,
+            source,
+        })?;
+        let tpath = tmp.path().to_path_buf();
+        tmp.rename_into_place(xp)
+            .map_err(|source| MachineError::Io {
+                path: tpath,
+                source,
+            })?;
+        if let Err(e) = btrfs::set_read_only(xp, true) {
+            tracing::warn!("{e}");
+        }
+        tracing::info!("bootstrapped {}", xp.display());
+        Ok(BootstrappedMachine {
+            path: xp.to_path_buf(),
+            dir: Some(md.clone()),
+            manifest: bm,
+        })
+    }
+}
+
+/// Outcome of the currency check of step 3.
+enum Currency {
+    Current(Box<BootstrappedMachineManifest>),
+    Newer,
+    Obsolete(String),
+}

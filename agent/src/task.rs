@@ -1,0 +1,93 @@
+//! Performing one task: snapshot the bootstrapped machine, hand it to the
+//! [`MachineRunner`], delete the snapshot, and always come back with a result
+//! manifest (the runner's, or an `interrupt`/`abnormal` one made up here).
+//!
+//! Why always a result: the controller waits for one, and "the VM broke" is
+//! information the controller's users need (`abnormal`), not a silent gap.
+
+use std::time::Duration;
+
+use manifests::{ResultManifest, ResultStatus, TaskManifest};
+
+use crate::cancel::Cancel;
+use crate::machines::{BootstrappedMachine, TempSubvolume};
+use crate::runner::{MachineRunner, RunnerError, TaskJob};
+
+/// What performing a task needs besides the task and the machine.
+#[derive(Debug, Clone)]
+pub struct TaskConfig {
+    /// `--toolchain-name` (temporary snapshots are `<name>-<toolchain>-...`).
+    pub toolchain_name: String,
+    /// `--build-timeout`.
+    pub build_timeout: Duration,
+    /// `--trust` fingerprints; when non-empty they replace the task's list.
+    pub trust: Vec<String>,
+}
+
+/// Applies the agent's `--trust` overrides to a task (bbot semantics: the
+/// agent's list, when given, replaces the controller's).
+pub fn apply_trust(task: &mut TaskManifest, trust: &[String]) {
+    if !trust.is_empty() {
+        task.trust = trust.to_vec();
+    }
+}
+
+/// A result with status `status` and no operations, for tasks that never got
+/// to produce one.
+pub fn status_result(task: &TaskManifest, status: ResultStatus) -> ResultManifest {
+    let mut r = ResultManifest::new(task.name.clone(), task.version.clone());
+    r.status = status;
+    r.worker_checksum = task.worker_checksum.clone();
+    r.dependency_checksum = task.dependency_checksum.clone();
+    r
+}
+
+/// Runs `task` on `machine` and returns its result. The temporary snapshot is
+/// deleted before this returns, whatever happened.
+pub fn perform(
+    task: &TaskManifest,
+    machine: &BootstrappedMachine,
+    runner: &dyn MachineRunner,
+    cfg: &TaskConfig,
+    cancel: &Cancel,
+) -> ResultManifest {
+    // Snapshot the bootstrapped machine (not with --fake-machine: nothing to copy).
+    let snapshot = match &machine.dir {
+        Some(md) => match TempSubvolume::snapshot(&machine.path, md.temp(&cfg.toolchain_name)) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!("task {} {}: {e}", task.name, task.version);
+                return status_result(task, ResultStatus::Abnormal);
+            }
+        },
+        None => None,
+    };
+    let job = TaskJob {
+        task,
+        machine: &machine.manifest,
+        subvolume: snapshot.as_ref().map(TempSubvolume::path),
+        timeout: cfg.build_timeout,
+    };
+    let outcome = runner.run_task(&job, cancel);
+    if let Some(s) = snapshot {
+        if let Err(e) = s.delete() {
+            tracing::error!("{e}");
+        }
+    }
+    match outcome {
+        Ok(mut r) => {
+            // The result describes this task, whatever the guest wrote.
+            r.name = task.name.clone();
+            r.version = task.version.clone();
+            r
+        }
+        Err(RunnerError::Interrupted) => {
+            tracing::warn!("task {} {} interrupted", task.name, task.version);
+            status_result(task, ResultStatus::Interrupt)
+        }
+        Err(e) => {
+            tracing::error!("task {} {}: {e}", task.name, task.version);
+            status_result(task, ResultStatus::Abnormal)
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! The agent's main loop: enumerate → deliver spooled results → ask
+//! controllers → perform the task → upload the result → again; sleep about a
+//! minute when nobody has work. Also the `--dump-*` and `--fake-request` exits.
+//!
+//! Why a struct with explicit exits: every way out (a dump, a processed fake
+//! request, a stop signal) is an [`Exit`] value the binary maps to a status, and
+//! nothing in here calls `process::exit`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use manifests::{
+    serialize_stream, Document, MachineHeader, ResultManifest, ResultRequestManifest, TaskManifest,
+    TaskRequestManifest, TaskResponseManifest,
+};
+
+use crate::cli::ControllerUrl;
+use crate::controller::{self, Client, Received};
+use crate::fsutil;
+use crate::machines::{BootstrappedMachine, Machines, MachinesError};
+use crate::notify::Notifier;
+use crate::runner::MachineRunner;
+use crate::signals::{Signals, Wake};
+use crate::spool::Spool;
+use crate::task::{self, TaskConfig};
+
+/// Where the offered machines come from.
+pub enum MachineSource<'a> {
+    /// Real enumeration of `--machines`.
+    Enumerate(Machines<'a>),
+    /// `--fake-machine`: this machine, nothing on disk.
+    Fake(Box<BootstrappedMachine>),
+}
+
+/// The loop's settings, from the command line.
+#[derive(Debug, Clone)]
+pub struct LoopConfig {
+    /// Controllers in polling order.
+    pub controllers: Vec<ControllerUrl>,
+    /// `agent` field of task requests (host name).
+    pub agent_name: String,
+    /// `--toolchain-name`.
+    pub toolchain_name: String,
+    /// `--toolchain-ver` (or the agent's version).
+    pub toolchain_version: String,
+    /// How a task is performed.
+    pub task: TaskConfig,
+    /// Sleep when no controller has a task.
+    pub idle_sleep: Duration,
+    /// `--dump-machines`.
+    pub dump_machines: bool,
+    /// `--dump-task`.
+    pub dump_task: bool,
+    /// `--dump-result`.
+    pub dump_result: bool,
+    /// `--fake-request`.
+    pub fake_request: Option<PathBuf>,
+}
+
+/// How the loop ended (all of them are exit status 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// A `--dump-*` printed its manifest, or a `--fake-request` was processed.
+    Done,
+    /// SIGTERM/SIGINT.
+    Stopped,
+}
+
+/// Errors that end the agent (everything else is logged and survived).
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    /// `--fake-request` cannot be read or parsed.
+    #[error("--fake-request: {0}")]
+    FakeRequest(String),
+    /// The fake request's task is for a machine we do not have.
+    #[error("task for machine '{0}' which this agent did not offer")]
+    UnknownMachine(String),
+    /// Writing a dump to stdout failed.
+    #[error("cannot write to stdout: {0}")]
+    Stdout(String),
+    /// Enumeration cannot work at all.
+    #[error(transparent)]
+    Machines(#[from] MachinesError),
+}
+
+/// The agent's control plane, ready to run.
+pub struct Agent<'a> {
+    cfg: LoopConfig,
+    machines: MachineSource<'a>,
+    runner: &'a dyn MachineRunner,
+    client: Client,
+    spool: Option<Spool>,
+    signals: Signals,
+    notifier: Notifier,
+}
+
+impl<'a> Agent<'a> {
+    /// Puts the parts together.
+    pub fn new(
+        cfg: LoopConfig,
+        machines: MachineSource<'a>,
+        runner: &'a dyn MachineRunner,
+        client: Client,
+        spool: Option<Spool>,
+        signals: Signals,
+        notifier: Notifier,
+    ) -> Self {
+        Self {
+            cfg,
+            machines,
+            runner,
+            client,
+            spool,
+            signals,
+            notifier,
+        }
+    }
+
+    /// Runs rounds until a stop signal or a one-shot mode is done.
+    pub fn run(&mut self) -> Result<Exit, LoopError> {
+        let mut ready = false;
+        loop {
+            if self.signals.stop_requested() {
+                return Ok(Exit::Stopped);
+            }
+            if self.signals.take_hangup() {
+                tracing::info!("SIGHUP: re-reading machines and spool now");
+            }
+            self.notifier.status("enumerating machines");
+            let offered = match self.offered() {
+                Ok(m) => m,
+                Err(MachinesError::Interrupted) => return Ok(Exit::Stopped),
+                Err(e @ MachinesError::Filesystem(_)) => return Err(e.into()),
+                Err(e) => {
+                    tracing::error!("{e}");
+                    Vec::new()
+                }
+            };
+            if !ready {
+                self.notifier.ready();
+                ready = true;
+            }
+            if self.cfg.dump_machines {
+                let headers: Vec<MachineHeader> =
+                    offered.iter().map(|m| m.header().clone()).collect();
+                print_stream(headers.iter().flat_map(|h| h.to_stream()).collect())?;
+                return Ok(Exit::Done);
+            }
+            self.deliver_spooled();
+            if self.signals.stop_requested() {
+                return Ok(Exit::Stopped);
+            }
+            let received = match &self.cfg.fake_request {
+                Some(p) => self.fake_request(p.clone(), &offered)?,
+                None => self.poll(&offered),
+            };
+            let Some(received) = received else {
+                if self.cfg.fake_request.is_some() {
+                    return Ok(Exit::Done);
+                }
+                self.notifier.status("idle: no task");
+                match self.signals.sleep(self.cfg.idle_sleep) {
+                    Wake::Stop => return Ok(Exit::Stopped),
+                    Wake::Hangup | Wake::Timeout => continue,
+                }
+            };
+            if self.cfg.dump_task {
+                print_stream(received.task.to_stream())?;
+                return Ok(Exit::Done);
+            }
+            let result = self.perform(&received, &offered);
+            if self.cfg.dump_result {
+                print_stream(result.to_stream())?;
+                return Ok(Exit::Done);
+            }
+            self.upload(&received, result);
+            if self.cfg.fake_request.is_some() {
+                return Ok(Exit::Done);
+            }
+        }
+    }
+
+    fn offered(&mut self) -> Result<Vec<BootstrappedMachine>, MachinesError> {
+        match &self.machines {
+            MachineSource::Enumerate(m) => m.enumerate(),
+            MachineSource::Fake(m) => Ok(vec![(**m).clone()]),
+        }
+    }
+
+    fn poll(&self, offered: &[BootstrappedMachine]) -> Option<Received> {
+        if offered.is_empty() {
+            tracing::warn!("no machines to offer; not asking controllers");
+            return None;
+        }
+        self.notifier.status("asking controllers for a task");
+        let req = TaskRequestManifest {
+            agent: self.cfg.agent_name.clone(),
+            toolchain_name: self.cfg.toolchain_name.clone(),
+            toolchain_version: self.cfg.toolchain_version.clone(),
+            interactive_mode: None,
+            interactive_login: None,
+            fingerprint: None,
+            auxiliary_ram: None,
+            machines: offered.iter().map(|m| m.header().clone()).collect(),
+            extra: Vec::new(),
+        };
+        controller::poll(
+            &self.client,
+            &self.cfg.controllers,
+            &req,
+            &self.signals.stop_token(),
+        )
+    }
+
+    /// Reads `--fake-request`: a task response manifest, or a bare task.
+    fn fake_request(
+        &self,
+        path: PathBuf,
+        offered: &[BootstrappedMachine],
+    ) -> Result<Option<Received>, LoopError> {
+        let bytes = fsutil::read_file_or_stdin(&path)
+            .map_err(|e| LoopError::FakeRequest(format!("{}: {e}", path.display())))?;
+        let src = fsutil::source_name(&path);
+        let response = match TaskResponseManifest::parse(&bytes, &src) {
+            Ok(r) => r,
+            Err(response_err) => match TaskManifest::parse(&bytes, &src) {
+                Ok(t) => TaskResponseManifest {
+                    session: "fake".into(),
+                    challenge: None,
+                    result_url: None,
+                    upload_urls: Vec::new(),
+                    agent_checksum: None,
+                    task: Some(t),
+                    extra: Vec::new(),
+                },
+                Err(task_err) => {
+                    return Err(LoopError::FakeRequest(format!(
+                        "neither a task response ({response_err}) nor a task ({task_err})"
+                    )))
+                }
+            },
+        };
+        let Some(task) = response.task.clone() else {
+            return Ok(None);
+        };
+        if !offered.iter().any(|m| m.header().name == task.machine) {
+            return Err(LoopError::UnknownMachine(task.machine));
+        }
+        Ok(Some(Received {
+            controller: src,
+            response,
+            task,
+        }))
+    }
+
+    fn perform(&self, received: &Received, offered: &[BootstrappedMachine]) -> ResultManifest {
+        let mut t = received.task.clone();
+        task::apply_trust(&mut t, &self.cfg.task.trust);
+        let Some(machine) = offered.iter().find(|m| m.header().name == t.machine) else {
+            // poll() only returns tasks for offered machines.
+            return task::status_result(&t, manifests::ResultStatus::Abnormal);
+        };
+        self.notifier.status(&format!(
+            "building {} {} on {}",
+            t.name, t.version, t.machine
+        ));
+        let r = task::perform(
+            &t,
+            machine,
+            self.runner,
+            &self.cfg.task,
+            &self.signals.stop_token(),
+        );
+        tracing::info!("task {} {}: {}", t.name, t.version, r.status.as_str());
+        r
+    }
+
+    /// Spools the result, then tries to upload it right away.
+    fn upload(&self, received: &Received, result: ResultManifest) {
+        let resp = &received.response;
+        let Some(url) = &resp.result_url else {
+            tracing::warn!(
+                "task from {} has no result-url; result not uploaded",
+                received.controller
+            );
+            return;
+        };
+        if resp.challenge.is_some() {
+            tracing::warn!("controller sent an authentication challenge; signing is not supported, uploading unsigned");
+        }
+        let req = ResultRequestManifest {
+            session: resp.session.clone(),
+            challenge: None,
+            agent_checksum: None,
+            result,
+            extra: Vec::new(),
+        };
+        let spooled = match &self.spool {
+            Some(spool) => spool.add(url, &req).map_err(|e| e.to_string()),
+            None => Err("no spool (dump mode)".to_string()),
+        };
+        match spooled {
+            Ok(_) => {}
+            Err(e) => {
+                // Cannot keep it: try once anyway rather than drop it silently.
+                tracing::error!("cannot spool result: {e}");
+                if let Ok(body) = req.to_text() {
+                    if let Err(e) = self.client.upload_result(url, &body) {
+                        tracing::error!("result upload to {url} failed; result lost: {e}");
+                    }
+                }
+                return;
+            }
+        }
+        self.deliver_spooled();
+    }
+
+    /// Tries to upload every spooled result; keeps those that fail.
+    fn deliver_spooled(&self) {
+        let Some(spool) = &self.spool else {
+            return;
+        };
+        let pending = match spool.pending() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("{e}");
+                return;
+            }
+        };
+        for s in pending {
+            self.notifier.status("uploading results");
+            match self.client.upload_result(&s.url, &s.body) {
+                Ok(()) => {
+                    tracing::info!("result delivered to {}", s.url);
+                    if let Err(e) = spool.remove(&s) {
+                        tracing::error!("{e}");
+                    }
+                }
+                Err(e) => tracing::error!(
+                    "result upload to {} failed (kept in {}): {e}",
+                    s.url,
+                    s.path.display()
+                ),
+            }
+        }
+    }
+}
+
+/// Prints manifests to stdout as one stream (the `--dump-*` options).
+fn print_stream(ms: Vec<manifests::Manifest>) -> Result<(), LoopError> {
+    let text = serialize_stream(&ms).map_err(|e| LoopError::Stdout(e.to_string()))?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| LoopError::Stdout(e.to_string()))
+}
