@@ -23,7 +23,7 @@ fn log_chunk(i: usize) -> String {
             2 => s.push_str("   12 |     int x; /* # not a comment, a \\ backslash */\n"),
             3 => s.push_str("      |         ^\n"),
             4 => s.push_str(&format!("  LD      u-boot — größe {j} {}\n", "x".repeat(90))),
-            _ => s.push_str("\n"),
+            _ => s.push('\n'),
         }
     }
     s
