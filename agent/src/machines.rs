@@ -52,6 +52,17 @@ pub struct MachinesConfig {
     pub bootstrap_timeout: Duration,
 }
 
+impl MachinesConfig {
+    /// The id recorded in the toolchain manifest: `--toolchain-id`, or the
+    /// toolchain name when none is given (the manifest needs a non-empty id).
+    pub fn recorded_toolchain_id(&self) -> String {
+        match &self.toolchain_id {
+            Some(id) if !id.is_empty() => id.clone(),
+            _ => self.toolchain_name.clone(),
+        }
+    }
+}
+
 /// A machine ready to be offered: its bootstrapped subvolume and manifest.
 #[derive(Debug, Clone)]
 pub struct BootstrappedMachine {
@@ -417,7 +428,7 @@ impl<'a> Machines<'a> {
         let bm = BootstrappedMachineManifest {
             machine,
             toolchain: ToolchainManifest {
-                id: self.cfg.toolchain_id.clone().unwrap_or_default(),
+                id: self.cfg.recorded_toolchain_id(),
                 extra: Vec::new(),
             },
             bootstrap: bs,

@@ -84,7 +84,11 @@ fn fake_machine(path: &Path, cli: &Cli) -> anyhow::Result<BootstrappedMachine> {
                 extra: Vec::new(),
             },
             toolchain: ToolchainManifest {
-                id: cli.toolchain_id.clone().unwrap_or_default(),
+                id: cli
+                    .toolchain_id
+                    .clone()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| cli.toolchain_name.clone()),
                 extra: Vec::new(),
             },
             bootstrap: fake_bootstrap_manifest(),
