@@ -1,0 +1,220 @@
+//! What a build leaves in its output directory and what we report of it:
+//! image sizes, config files, and the Kconfig timestamps that decide
+//! whether the next commit must reconfigure.
+//!
+//! File names and formats follow a local buildman build, so that the boss
+//! writes the same `sizes` file and config files either way and its summary
+//! (`buildman -s`, `-S`, `-K`) compares remote and local builds directly.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::SystemTime;
+
+use crate::toolchain::Toolchain;
+
+/// ELF images whose sizes buildman reports (U-Boot proper, SPL, TPL).
+pub const BASE_ELF_FILENAMES: [&str; 3] = ["u-boot", "spl/u-boot-spl", "tpl/u-boot-tpl"];
+
+/// Config files kept from each build, relative to the build directory.
+pub const CONFIG_FILE_PATTERNS: [&str; 6] = [
+    "u-boot.cfg",
+    "spl/u-boot-spl.cfg",
+    "tpl/u-boot-tpl.cfg",
+    ".config",
+    "include/autoconf.mk",
+    "include/generated/autoconf.h",
+];
+
+/// Remove the images of an earlier build in this directory (maybe another
+/// board's), so that they are never mistaken for this build's.
+pub fn remove_old_outputs(out_dir: &Path) {
+    for f in BASE_ELF_FILENAMES {
+        let _ = std::fs::remove_file(out_dir.join(f));
+    }
+}
+
+/// The `(output name, path)` of each config file under `out_dir`, with
+/// buildman's renaming of SPL/TPL copies (`.config` in `spl/` becomes
+/// `.config-spl`... only when the name has an extension: `u-boot-spl.cfg`
+/// keeps its name, `autoconf.mk` in `spl/` becomes `autoconf-spl.mk`).
+fn config_file_map(out_dir: &Path) -> Vec<(String, std::path::PathBuf)> {
+    let mut found = Vec::new();
+    for sub in ["", "spl", "tpl"] {
+        for pattern in CONFIG_FILE_PATTERNS {
+            let path = out_dir.join(sub).join(pattern);
+            if !path.is_file() {
+                continue;
+            }
+            let base = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let target = if sub.is_empty() {
+                base
+            } else {
+                match split_ext(&base) {
+                    (stem, Some(ext)) => format!("{stem}-{sub}.{ext}"),
+                    (_, None) => base,
+                }
+            };
+            found.push((target, path));
+        }
+    }
+    found
+}
+
+/// Python's `os.path.splitext` for a bare name: a leading dot does not
+/// start an extension (`.config` has none).
+fn split_ext(name: &str) -> (&str, Option<&str>) {
+    let trimmed = name.trim_start_matches('.');
+    let lead = name.len() - trimmed.len();
+    match trimmed.rfind('.') {
+        Some(pos) => (&name[..lead + pos], Some(&name[lead + pos + 1..])),
+        None => (name, None),
+    }
+}
+
+/// Remove the config files of an earlier build before configuring, so a
+/// failed defconfig cannot report another board's config as this one's.
+pub fn remove_config_files(out_dir: &Path) {
+    for (_, path) in config_file_map(out_dir) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Read the config files of a build, for the `config` of a failed result.
+pub fn config_files(out_dir: &Path) -> BTreeMap<String, String> {
+    config_file_map(out_dir)
+        .into_iter()
+        .filter_map(|(name, path)| {
+            let bytes = std::fs::read(&path).ok()?;
+            Some((name, String::from_utf8_lossy(&bytes).into_owned()))
+        })
+        .collect()
+}
+
+/// Run a binutils tool in `cwd` and return its stdout, or `None` if it
+/// fails (a missing tool must not fail the build).
+fn run_tool(
+    tool: &Path,
+    arg: Option<&str>,
+    file: &str,
+    cwd: &Path,
+    env: &HashMap<OsString, OsString>,
+) -> Option<String> {
+    let mut cmd = Command::new(tool);
+    if let Some(a) = arg {
+        cmd.arg(a);
+    }
+    let out = cmd
+        .arg(file)
+        .current_dir(cwd)
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The size of `.rodata` from `objdump -h`, as buildman appends it to each
+/// size line (empty if there is none).
+pub fn rodata_size(objdump: &str) -> &str {
+    objdump
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 5 && f[1] == ".rodata")
+        .and_then(|f| f.get(2).copied())
+        .unwrap_or("")
+}
+
+/// The sizes of the images a successful build produced: for each, the
+/// line `size` prints (header dropped; file name relative to the build
+/// directory) followed by the `.rodata` size — what a local buildman
+/// writes to its `sizes` file. `None` if there is no image.
+pub fn sizes(out_dir: &Path, tc: &Toolchain, env: &HashMap<OsString, OsString>) -> Option<String> {
+    let size_tool = tc.tool("size");
+    let objdump_tool = tc.tool("objdump");
+    let mut lines = Vec::new();
+    for f in BASE_ELF_FILENAMES {
+        if !out_dir.join(f).is_file() {
+            continue;
+        }
+        let Some(out) = run_tool(&size_tool, None, f, out_dir, env) else {
+            continue;
+        };
+        let Some(line) = out.lines().nth(1) else {
+            continue;
+        };
+        let dump = run_tool(&objdump_tool, Some("-h"), f, out_dir, env).unwrap_or_default();
+        lines.push(format!("{line} {}", rodata_size(&dump)));
+    }
+    if lines.is_empty() {
+        None
+    } else {
+        Some(lines.join("\n"))
+    }
+}
+
+/// Whether the board's defconfig or any `Kconfig*` file of the source
+/// (outside dot-directories and `build`) is newer than `cfg_file`, i.e.
+/// whether the checkout changed the configuration. False if `cfg_file`
+/// does not exist.
+pub fn kconfig_changed_since(cfg_file: &Path, src_dir: &Path, target: &str) -> bool {
+    let Ok(ref_time) = std::fs::metadata(cfg_file).and_then(|m| m.modified()) else {
+        return false;
+    };
+    let newer = |p: &Path| -> bool {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t: SystemTime| t > ref_time)
+    };
+    if newer(&src_dir.join("configs").join(format!("{target}_defconfig"))) {
+        return true;
+    }
+    let mut stack = vec![src_dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                if !name.starts_with('.') && name != "build" {
+                    stack.push(e.path());
+                }
+            } else if name.starts_with("Kconfig") && newer(&e.path()) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_like_python() {
+        assert_eq!(split_ext(".config"), (".config", None));
+        assert_eq!(split_ext("autoconf.mk"), ("autoconf", Some("mk")));
+        assert_eq!(split_ext("u-boot-spl.cfg"), ("u-boot-spl", Some("cfg")));
+    }
+
+    #[test]
+    fn rodata() {
+        let dump =
+            "Idx Name Size VMA LMA File off Algn\n  1 .rodata 00000010 0000 0000 00001000 2**3\n";
+        assert_eq!(rodata_size(dump), "00000010");
+        assert_eq!(rodata_size("nothing"), "");
+    }
+}
