@@ -88,7 +88,11 @@ pub fn init(verbose: u8, systemd: bool) -> Result<(), LoggingError> {
     let r = if systemd {
         builder.event_format(JournaldFormat).try_init()
     } else {
-        builder.with_target(false).try_init()
+        use std::io::IsTerminal;
+        builder
+            .with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
     };
     r.map_err(|e| LoggingError::Init(e.to_string()))
 }

@@ -2,6 +2,7 @@
 //! machine layouts on it, and scripted bbot controllers on loopback.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod btrfs_loop;
 pub mod controller;
 

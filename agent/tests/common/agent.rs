@@ -1,0 +1,108 @@
+//! Runs the `bbot-agent` binary as a child process, captures its stderr and
+//! sends it signals, the way systemd would.
+
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running agent.
+pub struct AgentProc {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+/// A header manifest for `--fake-machine`.
+pub const FAKE_MACHINE: &str = ": 1\nid: linux-1\nname: linux\nsummary: fake test machine\n";
+
+impl AgentProc {
+    /// Starts `bbot-agent args...`.
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bbot-agent"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start bbot-agent");
+        let stderr: Arc<Mutex<String>> = Arc::default();
+        let mut pipe = child.stderr.take().expect("stderr pipe");
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .expect("lock")
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Self { child, stderr }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. "TERM", "HUP").
+    pub fn signal(&self, signal: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(st.success(), "kill -{signal} failed");
+    }
+
+    /// What the agent logged so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("lock").clone()
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits up to `timeout` for exit; panics (with the log) if it does not.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                // Let the stderr thread drain.
+                std::thread::sleep(Duration::from_millis(50));
+                return st;
+            }
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                panic!(
+                    "agent did not exit within {timeout:?}; log:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit (status 0) and return the log.
+    pub fn stop(&mut self) -> String {
+        self.signal("TERM");
+        let st = self.wait(Duration::from_secs(15));
+        let log = self.stderr();
+        assert_eq!(st.code(), Some(0), "agent exit status {st:?}; log:\n{log}");
+        assert!(!log.contains("panicked"), "agent panicked:\n{log}");
+        log
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        if self.running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
