@@ -49,9 +49,23 @@ struct State {
     toolchains: Toolchains,
     make_flags: MakeFlags,
     session: Option<BuildSession>,
+    /// A build draining on its own thread (a batch `build_boards`, or a
+    /// demand-driven build after `build_done`), so that `quit` is still
+    /// heard while it runs.
+    draining: Option<thread::JoinHandle<()>>,
 }
 
 impl State {
+    /// Whether a build (demand-driven or batch) is still running.
+    fn building(&mut self) -> bool {
+        if self.draining.as_ref().is_some_and(|b| b.is_finished()) {
+            if let Some(b) = self.draining.take() {
+                let _ = b.join();
+            }
+        }
+        self.session.is_some() || self.draining.is_some()
+    }
+
     fn engine_config(&self) -> Arc<EngineConfig> {
         Arc::new(EngineConfig {
             work_dir: self.opts.work_dir.clone(),
@@ -144,6 +158,7 @@ pub fn run_worker(
         toolchains: std::mem::take(&mut toolchains),
         make_flags,
         session: None,
+        draining: None,
     };
     for line in rx {
         let cmd = match parse_command(&line) {
@@ -201,7 +216,7 @@ fn handle(state: &mut State, cmd: Command, out: &ResponseWriter) {
             send(Response::ConfigureDone);
         }
         Command::BuildBoards { boards, commits } => {
-            if state.session.is_some() {
+            if state.building() {
                 return send(busy());
             }
             if boards.is_empty() {
@@ -225,8 +240,7 @@ fn handle(state: &mut State, cmd: Command, out: &ResponseWriter) {
                     for b in boards {
                         session.submit(b);
                     }
-                    let exceptions = session.finish();
-                    send(Response::BuildDone { exceptions });
+                    drain(state, session, out);
                 }
                 Err(e) => send(Response::Error { msg: e.to_string() }),
             }
@@ -235,7 +249,7 @@ fn handle(state: &mut State, cmd: Command, out: &ResponseWriter) {
             commits,
             max_boards,
         } => {
-            if state.session.is_some() {
+            if state.building() {
                 return send(busy());
             }
             let split = JobSplit::Dynamic { max_boards };
@@ -259,13 +273,29 @@ fn handle(state: &mut State, cmd: Command, out: &ResponseWriter) {
             None => send(no_builder()),
         },
         Command::BuildDone => match state.session.take() {
-            Some(session) => {
-                let exceptions = session.finish();
-                send(Response::BuildDone { exceptions });
-            }
+            Some(session) => drain(state, session, out),
             None => send(no_builder()),
         },
         Command::Quit => {}
+    }
+}
+
+/// Let a build drain on its own thread and then send `build_done`, so the
+/// command loop keeps listening (for `quit`) meanwhile.
+fn drain(state: &mut State, session: BuildSession, out: &ResponseWriter) {
+    let thread_out = out.clone();
+    let waiter = thread::Builder::new().name("drain".into()).spawn(move || {
+        let exceptions = session.finish();
+        if let Err(e) = thread_out.send(&Response::BuildDone { exceptions }) {
+            tracing::warn!("cannot write to the boss: {e}");
+        }
+    });
+    match waiter {
+        Ok(handle) => state.draining = Some(handle),
+        Err(e) => {
+            tracing::error!("cannot start a thread to finish the build: {e}");
+            let _ = out.error(format!("cannot finish the build: {e}"));
+        }
     }
 }
 
