@@ -5,13 +5,30 @@
 //! waiting for its guest, an idle sleep) polls at its own safe points, and the
 //! signal handler only flips an atomic, which is all a handler may do.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How often sleeping code looks at the token: short enough for a prompt stop,
 /// long enough to keep an idle agent idle.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Reference point for [`since_last_poll`].
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Milliseconds after [`epoch`] at which any token was last looked at.
+static LAST_POLL_MS: AtomicU64 = AtomicU64::new(0);
+
+/// How long ago any cancellation token was last polled. Code that polls its
+/// token is making progress by contract, so this is what the systemd watchdog
+/// uses to tell a long build from a hung agent.
+pub fn since_last_poll() -> Duration {
+    let last = Duration::from_millis(LAST_POLL_MS.load(Ordering::Relaxed));
+    epoch().elapsed().saturating_sub(last)
+}
 
 /// Cloneable "please stop" flag; cancelling one clone cancels all of them.
 #[derive(Debug, Clone, Default)]
@@ -40,6 +57,8 @@ impl Cancel {
 
     /// Tells whether cancellation was requested.
     pub fn is_cancelled(&self) -> bool {
+        let ms = u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX);
+        LAST_POLL_MS.store(ms, Ordering::Relaxed);
         self.0.load(Ordering::SeqCst)
     }
 

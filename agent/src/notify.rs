@@ -83,8 +83,9 @@ impl Notifier {
     ///
     /// The thread pings at half the watchdog interval as long as the agent reported
     /// progress within `stall_limit` (which must cover the longest legitimate
-    /// blocking step, such as a controller request). Long steps (a build) call
-    /// [`Notifier::alive`] periodically through their cancellation polling.
+    /// blocking step, such as a result upload). Progress is a status update or
+    /// any poll of a cancellation token, which long steps (a build, an idle
+    /// sleep, a controller request) do several times a second.
     pub fn start_watchdog(&self, stall_limit: Duration) {
         if !self.enabled {
             return;

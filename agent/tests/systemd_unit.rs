@@ -1,0 +1,65 @@
+//! The systemd template unit: the settings the agent relies on are there, and
+//! `systemd-analyze verify` accepts it (with ExecStart pointed at the binary
+//! under test, since /usr/local/bin/bbot-agent is not installed here).
+
+use std::path::Path;
+use std::process::Command;
+
+const UNIT: &str = include_str!("../../systemd/bbot-agent@.service");
+
+#[test]
+fn unit_has_the_settings_the_agent_relies_on() {
+    for line in [
+        "Type=notify",
+        "KillMode=mixed",
+        "Restart=on-failure",
+        "EnvironmentFile=/etc/bbot-agent/%i.conf",
+        "StateDirectory=bbot-agent/%i",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ] {
+        assert!(UNIT.lines().any(|l| l.trim() == line), "missing {line}");
+    }
+    let exec = UNIT
+        .lines()
+        .find(|l| l.starts_with("ExecStart="))
+        .expect("ExecStart");
+    assert!(exec.contains("--systemd-daemon") && exec.contains("--toolchain-name %i"));
+}
+
+#[test]
+fn systemd_analyze_verify() {
+    let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("*** SKIPPED: systemd-analyze not installed (package systemd) ***");
+        return;
+    };
+    assert!(out.status.success());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let unit = UNIT.replace(
+        "/usr/local/bin/bbot-agent",
+        env!("CARGO_BIN_EXE_bbot-agent"),
+    );
+    std::fs::write(dir.path().join("bbot-agent@.service"), unit).expect("unit");
+    let conf = dir.path().join("gcc.conf");
+    std::fs::write(&conf, include_str!("../../systemd/bbot-agent.conf.example")).expect("conf");
+    let unit_path = dir.path().join("bbot-agent@gcc.service");
+    let text = std::fs::read_to_string(dir.path().join("bbot-agent@.service")).expect("read");
+    std::fs::write(
+        &unit_path,
+        text.replace("/etc/bbot-agent/%i.conf", &conf.display().to_string()),
+    )
+    .expect("instance");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit_path)
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", dir.path().display()))
+        .output()
+        .expect("systemd-analyze");
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Only complaints about our unit count (the host's own units may be odd).
+    let ours: Vec<&str> = err.lines().filter(|l| l.contains("bbot-agent")).collect();
+    assert!(
+        out.status.success() && ours.is_empty(),
+        "systemd-analyze verify:\n{err}"
+    );
+    assert!(Path::new(&unit_path).exists());
+}
