@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod boss;
 pub mod fixture;
 
 use std::io::{BufRead, BufReader, Write};
