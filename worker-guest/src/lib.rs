@@ -13,6 +13,7 @@
 //!   retry rules), internal.
 //! - [`build_settings`]: `configure` settings → make arguments, `-j` split.
 //! - [`outputs`]: sizes, config files and Kconfig change detection.
+//! - [`elf`]: section sizes read from ELF headers.
 //! - [`worktree`]: per-thread git worktrees and checkouts.
 //! - [`toolchain`]: toolchains, `CROSS_COMPILE` and `PATH`.
 //! - [`settings_file`]: the buildman-style `~/.buildman` config file.
@@ -20,6 +21,7 @@
 
 pub mod build_settings;
 mod builder;
+pub mod elf;
 pub mod engine;
 pub mod outputs;
 pub mod process;

@@ -36,9 +36,9 @@ pub fn remove_old_outputs(out_dir: &Path) {
 }
 
 /// The `(output name, path)` of each config file under `out_dir`, with
-/// buildman's renaming of SPL/TPL copies (`.config` in `spl/` becomes
-/// `.config-spl`... only when the name has an extension: `u-boot-spl.cfg`
-/// keeps its name, `autoconf.mk` in `spl/` becomes `autoconf-spl.mk`).
+/// buildman's renaming of SPL/TPL copies: a file found under `spl/` or
+/// `tpl/` gets `-spl`/`-tpl` before its extension (`autoconf.mk` →
+/// `autoconf-spl.mk`); a name without an extension (`.config`) is kept.
 fn config_file_map(out_dir: &Path) -> Vec<(String, std::path::PathBuf)> {
     let mut found = Vec::new();
     for sub in ["", "spl", "tpl"] {
@@ -152,8 +152,14 @@ pub fn sizes(out_dir: &Path, tc: &Toolchain, env: &HashMap<OsString, OsString>) 
         let Some(line) = out.lines().nth(1) else {
             continue;
         };
-        let dump = run_tool(&objdump_tool, Some("-h"), f, out_dir, env).unwrap_or_default();
-        lines.push(format!("{line} {}", rodata_size(&dump)));
+        let rodata = match crate::elf::rodata_field(&out_dir.join(f)) {
+            Some(r) => r,
+            None => {
+                let dump = run_tool(&objdump_tool, Some("-h"), f, out_dir, env).unwrap_or_default();
+                rodata_size(&dump).to_string()
+            }
+        };
+        lines.push(format!("{line} {rodata}"));
     }
     if lines.is_empty() {
         None
