@@ -5,9 +5,16 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use manifests::{BootstrapManifest, OperationResult, ResultManifest, ResultStatus};
+use std::path::{Path, PathBuf};
+
+use manifests::{
+    BootstrapManifest, BootstrappedMachineManifest, Document, MachineHeader, MachineManifest,
+    MachineType, OperationResult, ResultManifest, ResultStatus, ToolchainManifest,
+};
 
 use crate::cancel::Cancel;
+use crate::fsutil;
+use crate::machines::BootstrappedMachine;
 use crate::runner::{BootstrapJob, MachineRunner, RunnerError, TaskJob};
 use crate::version::{AGENT_PACKAGE, AGENT_VERSION, WORKER_GUEST_PACKAGE, WORKER_GUEST_VERSION};
 
@@ -128,5 +135,78 @@ impl MachineRunner for FakeRunner {
             return Err(RunnerError::Interrupted);
         }
         Ok(fake_result(job.task))
+    }
+}
+
+/// `--fake-machine` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FakeMachineError {
+    /// The file cannot be read.
+    #[error("--fake-machine: cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not a machine header manifest.
+    #[error("--fake-machine: {0}")]
+    Manifest(#[from] manifests::Error),
+}
+
+/// Where `--fake-machine` comes from, so that SIGHUP can read it again.
+#[derive(Debug, Clone)]
+pub struct FakeMachineFile {
+    /// The file (`-` for stdin, which is read once only).
+    pub path: PathBuf,
+    /// `--machines` (the fake machine's nominal location).
+    pub machines: PathBuf,
+    /// Toolchain id to record.
+    pub toolchain_id: String,
+}
+
+impl FakeMachineFile {
+    /// Reads the machine header and dresses it up as a bootstrapped machine
+    /// (bbot does the same: the header is all a controller sees).
+    pub fn read(&self) -> Result<BootstrappedMachine, FakeMachineError> {
+        let bytes =
+            fsutil::read_file_or_stdin(&self.path).map_err(|source| FakeMachineError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        let header = MachineHeader::parse(&bytes, &fsutil::source_name(&self.path))?;
+        Ok(fake_machine(header, &self.machines, &self.toolchain_id))
+    }
+
+    /// Whether SIGHUP can read it again (not stdin).
+    pub fn rereadable(&self) -> bool {
+        self.path != Path::new("-")
+    }
+}
+
+/// A bootstrapped machine made from a bare header, for `--fake-machine`.
+pub fn fake_machine(
+    header: MachineHeader,
+    machines: &Path,
+    toolchain_id: &str,
+) -> BootstrappedMachine {
+    BootstrappedMachine {
+        path: machines.join(&header.name),
+        dir: None,
+        manifest: BootstrappedMachineManifest {
+            machine: MachineManifest {
+                header,
+                machine_type: MachineType::Kvm,
+                mac: None,
+                options: None,
+                changes: None,
+                extra: Vec::new(),
+            },
+            toolchain: ToolchainManifest {
+                id: toolchain_id.to_string(),
+                extra: Vec::new(),
+            },
+            bootstrap: fake_bootstrap_manifest(),
+        },
     }
 }

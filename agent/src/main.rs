@@ -2,7 +2,6 @@
 //! library's modules together and maps the outcome to an exit status (0 for a
 //! clean stop or a finished one-shot mode, 1 for errors).
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,19 +10,15 @@ use clap::Parser;
 
 use bbot_agent::cli::{self, Cli};
 use bbot_agent::controller::Client;
-use bbot_agent::fake::{fake_bootstrap_manifest, FakeRunner};
-use bbot_agent::machines::{BootstrappedMachine, Machines, MachinesConfig};
+use bbot_agent::fake::{FakeMachineFile, FakeRunner};
+use bbot_agent::logging;
+use bbot_agent::machines::{Machines, MachinesConfig};
 use bbot_agent::notify::Notifier;
 use bbot_agent::runner::NoVmRunner;
 use bbot_agent::signals::Signals;
 use bbot_agent::spool::Spool;
 use bbot_agent::task::TaskConfig;
 use bbot_agent::work_loop::{Agent, Exit, LoopConfig, MachineSource};
-use bbot_agent::{fsutil, logging};
-use manifests::{
-    BootstrappedMachineManifest, Document, MachineHeader, MachineManifest, MachineType,
-    ToolchainManifest,
-};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -64,38 +59,6 @@ fn host_name() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
-/// `--fake-machine`: a machine header manifest offered as if bootstrapped.
-fn fake_machine(path: &Path, cli: &Cli) -> anyhow::Result<BootstrappedMachine> {
-    let bytes = fsutil::read_file_or_stdin(path)
-        .with_context(|| format!("--fake-machine: cannot read {}", path.display()))?;
-    let header = MachineHeader::parse(&bytes, &fsutil::source_name(path))
-        .context("--fake-machine: invalid machine header manifest")?;
-    let name = header.name.clone();
-    Ok(BootstrappedMachine {
-        path: cli.machines.join(&name),
-        dir: None,
-        manifest: BootstrappedMachineManifest {
-            machine: MachineManifest {
-                header,
-                machine_type: MachineType::Kvm,
-                mac: None,
-                options: None,
-                changes: None,
-                extra: Vec::new(),
-            },
-            toolchain: ToolchainManifest {
-                id: cli
-                    .toolchain_id
-                    .clone()
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| cli.toolchain_name.clone()),
-                extra: Vec::new(),
-            },
-            bootstrap: fake_bootstrap_manifest(),
-        },
-    })
-}
-
 fn run(cli: &Cli) -> anyhow::Result<Exit> {
     let signals = Signals::install().context("cannot install signal handlers")?;
     let notifier = Notifier::from_env();
@@ -113,7 +76,20 @@ fn run(cli: &Cli) -> anyhow::Result<Exit> {
         Box::new(NoVmRunner),
     );
     let source = match &cli.fake_machine {
-        Some(p) => MachineSource::Fake(Box::new(fake_machine(p, cli)?)),
+        Some(p) => {
+            let file = FakeMachineFile {
+                path: p.clone(),
+                machines: cli.machines.clone(),
+                toolchain_id: cli
+                    .toolchain_id
+                    .clone()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| cli.toolchain_name.clone()),
+            };
+            let m = file.read()?;
+            let again = file.rereadable().then_some(file);
+            MachineSource::Fake(Box::new(m), again)
+        }
         None => {
             let m = Machines::new(
                 MachinesConfig {

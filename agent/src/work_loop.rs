@@ -17,20 +17,22 @@ use manifests::{
 
 use crate::cli::ControllerUrl;
 use crate::controller::{self, Client, Received};
+use crate::fake::FakeMachineFile;
 use crate::fsutil;
 use crate::machines::{BootstrappedMachine, Machines, MachinesError};
 use crate::notify::Notifier;
 use crate::runner::MachineRunner;
 use crate::signals::{Signals, Wake};
-use crate::spool::Spool;
+use crate::spool::{Spool, Spooled};
 use crate::task::{self, TaskConfig};
 
 /// Where the offered machines come from.
 pub enum MachineSource<'a> {
     /// Real enumeration of `--machines`.
     Enumerate(Machines<'a>),
-    /// `--fake-machine`: this machine, nothing on disk.
-    Fake(Box<BootstrappedMachine>),
+    /// `--fake-machine`: this machine, nothing on disk; re-read from the file
+    /// (when it is one) on SIGHUP.
+    Fake(Box<BootstrappedMachine>, Option<FakeMachineFile>),
 }
 
 /// The loop's settings, from the command line.
@@ -126,6 +128,7 @@ impl<'a> Agent<'a> {
             }
             if self.signals.take_hangup() {
                 tracing::info!("SIGHUP: re-reading machines and spool now");
+                self.reread();
             }
             self.notifier.status("enumerating machines");
             let offered = match self.offered() {
@@ -184,7 +187,18 @@ impl<'a> Agent<'a> {
     fn offered(&mut self) -> Result<Vec<BootstrappedMachine>, MachinesError> {
         match &self.machines {
             MachineSource::Enumerate(m) => m.enumerate(),
-            MachineSource::Fake(m) => Ok(vec![(**m).clone()]),
+            MachineSource::Fake(m, _) => Ok(vec![(**m).clone()]),
+        }
+    }
+
+    /// SIGHUP: re-reads the `--fake-machine` file (machines and the spool are
+    /// looked at afresh every round anyway).
+    fn reread(&mut self) {
+        if let MachineSource::Fake(m, Some(f)) = &mut self.machines {
+            match f.read() {
+                Ok(new) => **m = new,
+                Err(e) => tracing::error!("{e}; keeping the previous machine"),
+            }
         }
     }
 
@@ -301,6 +315,12 @@ impl<'a> Agent<'a> {
             None => Err("no spool (dump mode)".to_string()),
         };
         match spooled {
+            Ok(entry) if self.signals.stop_requested() => {
+                // Stopping: deliver this result only; older ones wait for the
+                // next start, so that a dead controller cannot stall the stop.
+                self.deliver(&entry);
+                return;
+            }
             Ok(_) => {}
             Err(e) => {
                 // Cannot keep it: try once anyway rather than drop it silently.
@@ -329,20 +349,28 @@ impl<'a> Agent<'a> {
             }
         };
         for s in pending {
-            self.notifier.status("uploading results");
-            match self.client.upload_result(&s.url, &s.body) {
-                Ok(()) => {
-                    tracing::info!("result delivered to {}", s.url);
-                    if let Err(e) = spool.remove(&s) {
-                        tracing::error!("{e}");
-                    }
+            self.deliver(&s);
+        }
+    }
+
+    /// Uploads one spooled result; removes it from the spool once delivered.
+    fn deliver(&self, s: &Spooled) {
+        let Some(spool) = &self.spool else {
+            return;
+        };
+        self.notifier.status("uploading results");
+        match self.client.upload_result(&s.url, &s.body) {
+            Ok(()) => {
+                tracing::info!("result delivered to {}", s.url);
+                if let Err(e) = spool.remove(s) {
+                    tracing::error!("{e}");
                 }
-                Err(e) => tracing::error!(
-                    "result upload to {} failed (kept in {}): {e}",
-                    s.url,
-                    s.path.display()
-                ),
             }
+            Err(e) => tracing::error!(
+                "result upload to {} failed (kept in {}): {e}",
+                s.url,
+                s.path.display()
+            ),
         }
     }
 }

@@ -77,10 +77,12 @@ fn no_task_then_hangup_then_stop() {
     // Idle sleep is a minute; SIGHUP starts the next round at once.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(c.requests().len(), 1, "idle agent sleeps");
+    // SIGHUP re-reads the --fake-machine file and starts the next round at once.
+    std::fs::write(s.machine(), FAKE_MACHINE.replace("linux-1", "linux-2")).expect("machine");
     a.signal("HUP");
-    wait_for("round after SIGHUP", WAIT, || {
-        (c.requests().len() >= 2).then_some(())
-    });
+    let r = wait_for("round after SIGHUP", WAIT, || c.requests().get(1).cloned());
+    let req = TaskRequestManifest::parse(r.body.as_bytes(), "request").expect("task request");
+    assert_eq!(req.machines[0].id, "linux-2", "machine re-read on SIGHUP");
     let log = a.stop();
     for line in log.lines() {
         assert!(
