@@ -5,6 +5,8 @@
 //!
 //! Booting real guests lives behind the [`runner::MachineRunner`] seam.
 
+#![warn(missing_docs)]
+
 pub mod btrfs;
 pub mod cancel;
 pub mod cli;

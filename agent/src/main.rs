@@ -14,7 +14,7 @@ use bbot_agent::fake::{FakeMachineFile, FakeRunner};
 use bbot_agent::logging;
 use bbot_agent::machines::{Machines, MachinesConfig};
 use bbot_agent::notify::Notifier;
-use bbot_agent::runner::NoVmRunner;
+use bbot_agent::runner::{NoVmRunner, VmConfig};
 use bbot_agent::signals::Signals;
 use bbot_agent::spool::Spool;
 use bbot_agent::task::TaskConfig;
@@ -69,6 +69,17 @@ fn run(cli: &Cli) -> anyhow::Result<Exit> {
         cli.toolchain_name,
         cli.toolchain_num
     );
+    // What a real VM runner is built from; the QEMU runner (VM issue) replaces
+    // NoVmRunner below and takes this.
+    let vm = VmConfig {
+        cpu: cli.cpu,
+        ram_kib: cli.ram,
+        bridge: cli.bridge.clone(),
+        tftp: cli.tftp.clone(),
+        toolchain_name: cli.toolchain_name.clone(),
+        toolchain_num: cli.toolchain_num,
+    };
+    tracing::debug!("VM settings: {vm:?}");
     let runner = FakeRunner::new(
         cli.fake_bootstrap,
         cli.fake_build,

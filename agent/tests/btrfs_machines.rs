@@ -449,6 +449,9 @@ fn dump_machines_lists_bootstrapped_machines() {
     set_link(&m, "v", "alpha", 1, true);
     add_revision(&m, "v", "beta", 1, "b1", true);
     set_link(&m, "v", "beta", 1, false);
+    // A crashed agent's leftover: the binary deletes it before anything else.
+    let leftover = m.join("v/alpha/alpha-default-bbot-tmp-4000001-0");
+    btrfs::create_subvolume(&leftover).expect("leftover");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_bbot-agent"))
         .arg("--machines")
         .arg(&m)
@@ -465,5 +468,6 @@ fn dump_machines_lists_bootstrapped_machines() {
         [(Some("alpha"), Some("a1")), (Some("beta"), Some("b1"))]
     );
     assert!(m.join("v/alpha/alpha-default").exists());
+    assert!(!leftover.exists(), "leftover deleted at start");
     assert!(temporaries(&m).is_empty());
 }
