@@ -150,3 +150,41 @@ impl Spool {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use manifests::{ResultManifest, ResultStatus};
+
+    #[test]
+    fn round_trip_and_corrupt_entries() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = std::env::temp_dir().join(format!("bbot-agent-spool-{}", std::process::id()));
+        let spool = Spool::open(&dir)?;
+        let mut result = ResultManifest::new("pkg", "1.0");
+        result.status = ResultStatus::Error;
+        let req = ResultRequestManifest {
+            session: "s1".into(),
+            challenge: None,
+            agent_checksum: None,
+            result,
+            extra: Vec::new(),
+        };
+        let a = spool.add("http://c/?result", &req)?;
+        let b = spool.add("http://d/", &req)?;
+        std::fs::write(spool.dir().join("0-junk.manifest"), "not a spool entry")?;
+        let pending = spool.pending()?;
+        assert_eq!(
+            pending,
+            [a.clone(), b.clone()],
+            "oldest first, junk skipped"
+        );
+        assert_eq!(pending[0].url, "http://c/?result");
+        let back = ResultRequestManifest::parse(pending[0].body.as_bytes(), "spool")?;
+        assert_eq!(back, req);
+        assert!(spool.dir().join("0-junk.manifest.corrupt").exists());
+        spool.remove(&a)?;
+        assert_eq!(spool.pending()?, [b]);
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+}
