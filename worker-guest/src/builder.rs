@@ -12,6 +12,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use crate::engine::{BuildEvent, BuildOutcome, Shared};
 use crate::outputs;
@@ -66,49 +67,45 @@ fn dirs(shared: &Shared, thread: usize) -> Dirs {
     }
 }
 
+/// One board's job in one thread: what every commit of it needs.
+struct Job<'a> {
+    shared: &'a Shared,
+    d: Dirs,
+    board: &'a BoardSpec,
+    tc: Result<&'a Toolchain, NoToolchain>,
+}
+
 /// Build `board` at every commit of the build, sending one result per
 /// commit (never fewer, whatever fails).
 pub(crate) fn run_job(shared: &Shared, thread: usize, board: &BoardSpec) {
-    let d = dirs(shared, thread);
-    let tc = shared.cfg.toolchains.select(&board.arch);
+    let job = Job {
+        shared,
+        d: dirs(shared, thread),
+        board,
+        tc: shared.cfg.toolchains.select(&board.arch),
+    };
     let settings = &shared.cfg.settings;
     let mrproper = settings.mrproper;
-    let ncommits = shared.commits.as_ref().map_or(1, Vec::len);
+    let can_retry = job.tc.is_ok();
     let Some(commits) = &shared.commits else {
         // The checked-out source: always configure; one retry with the
         // fallback mrproper.
-        let (mut attempt, _) = run_commit(shared, &d, board, &tc, None, true, mrproper);
-        if attempt.return_code != 0 && !mrproper && tc.is_ok() {
-            (attempt, _) = run_commit(
-                shared,
-                &d,
-                board,
-                &tc,
-                None,
-                true,
-                settings.fallback_mrproper,
-            );
+        let (mut attempt, _) = run_commit(&job, None, 0, true, mrproper);
+        if attempt.return_code != 0 && !mrproper && can_retry {
+            (attempt, _) = run_commit(&job, None, 0, true, settings.fallback_mrproper);
         }
-        send(shared, board, 0, &tc, &d, attempt);
+        send(&job, 0, attempt);
         return;
     };
     let mut do_config = true;
-    for upto in 0..ncommits {
-        let hash = commits.get(upto).map(String::as_str);
-        let (mut attempt, mut request_config) =
-            run_commit(shared, &d, board, &tc, hash, do_config, mrproper);
+    for (upto, hash) in commits.iter().enumerate() {
+        let hash = Some(hash.as_str());
+        let (mut attempt, mut request_config) = run_commit(&job, hash, upto, do_config, mrproper);
         let failed = attempt.return_code != 0;
-        if failed && !do_config && !mrproper && tc.is_ok() {
+        if failed && !do_config && !mrproper && can_retry {
             tracing::debug!("{}@{upto}: incremental build failed, retrying", board.board);
-            (attempt, request_config) = run_commit(
-                shared,
-                &d,
-                board,
-                &tc,
-                hash,
-                true,
-                mrproper || settings.fallback_mrproper,
-            );
+            let mrproper = mrproper || settings.fallback_mrproper;
+            (attempt, request_config) = run_commit(&job, hash, upto, true, mrproper);
         }
         if !settings.force_reconfig {
             do_config = request_config;
@@ -119,20 +116,14 @@ pub(crate) fn run_job(shared: &Shared, thread: usize, board: &BoardSpec) {
         if failed {
             do_config = true;
         }
-        send(shared, board, upto, &tc, &d, attempt);
+        send(&job, upto, attempt);
     }
 }
 
 /// Turn an attempt into a result event: sizes on success, config files
 /// on failure (only when make ran for this board, never stale files).
-fn send(
-    shared: &Shared,
-    board: &BoardSpec,
-    upto: usize,
-    tc: &Result<&Toolchain, NoToolchain>,
-    d: &Dirs,
-    attempt: Attempt,
-) {
+fn send(job: &Job, upto: usize, attempt: Attempt) {
+    let (shared, board, d) = (job.shared, job.board, &job.d);
     let mut outcome = BuildOutcome {
         board: board.board.clone(),
         commit_upto: upto,
@@ -142,7 +133,7 @@ fn send(
         sizes: None,
         config: Default::default(),
     };
-    if let (true, Ok(tc)) = (attempt.made, tc) {
+    if let (true, Ok(tc)) = (attempt.made, &job.tc) {
         if outcome.return_code == 0 {
             let env = make_env(shared, tc);
             outcome.sizes = outputs::sizes(&d.out_dir, tc, &env);
@@ -151,6 +142,45 @@ fn send(
         }
     }
     (shared.sink)(BuildEvent::Result(outcome));
+}
+
+/// Whether this commit changed the configuration: a `Kconfig*` file or
+/// the board's defconfig differs from the previous commit. The list of
+/// changed files is computed once per commit for all threads (a walk of a
+/// large tree for every board would cost more than many builds' overhead);
+/// without it (no previous commit, git failing), fall back to buildman's
+/// test of file times against `.config`.
+fn kconfig_changed(shared: &Shared, d: &Dirs, board: &BoardSpec, upto: usize) -> bool {
+    let defconfig = format!("configs/{}_defconfig", board.board);
+    if let (Some(commits), Some(prev)) = (&shared.commits, upto.checked_sub(1)) {
+        if let (Some(from), Some(to)) = (commits.get(prev), commits.get(upto)) {
+            let files = {
+                let mut cache = shared
+                    .changes
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                cache
+                    .entry(upto)
+                    .or_insert_with(|| match worktree::changed_files(&d.cwd, from, to) {
+                        Ok(files) => Some(Arc::new(files)),
+                        Err(e) => {
+                            tracing::warn!("{e}");
+                            None
+                        }
+                    })
+                    .clone()
+            };
+            if let Some(files) = files {
+                return files.iter().any(|f| {
+                    f == &defconfig
+                        || Path::new(f)
+                            .file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with("Kconfig"))
+                });
+            }
+        }
+    }
+    outputs::kconfig_changed_since(&d.out_dir.join(".config"), &d.src_dir, &board.board)
 }
 
 /// The environment make runs with: ours, plus the toolchain's.
@@ -173,15 +203,14 @@ fn make_env(shared: &Shared, tc: &Toolchain) -> HashMap<OsString, OsString> {
 /// out, reconfigure if asked or needed, then build. Returns the attempt and
 /// whether the next commit must reconfigure.
 fn run_commit(
-    shared: &Shared,
-    d: &Dirs,
-    board: &BoardSpec,
-    tc: &Result<&Toolchain, NoToolchain>,
+    job: &Job,
     hash: Option<&str>,
+    upto: usize,
     mut do_config: bool,
     mrproper: bool,
 ) -> (Attempt, bool) {
-    let tc = match tc {
+    let (shared, board, d) = (job.shared, job.board, &job.d);
+    let tc = match &job.tc {
         Ok(tc) => *tc,
         Err(e) => {
             let attempt = Attempt {
@@ -205,12 +234,9 @@ fn run_commit(
         }
     }
     let settings = &shared.cfg.settings;
-    if settings.kconfig_check && !do_config {
-        let cfg_file = d.out_dir.join(".config");
-        if outputs::kconfig_changed_since(&cfg_file, &d.src_dir, &board.board) {
-            tracing::debug!("{}: Kconfig changed, reconfiguring", board.board);
-            do_config = true;
-        }
+    if settings.kconfig_check && !do_config && kconfig_changed(shared, d, board, upto) {
+        tracing::debug!("{}: Kconfig changed, reconfiguring", board.board);
+        do_config = true;
     }
     if let Err(e) = std::fs::create_dir_all(&d.out_dir) {
         tracing::warn!("cannot create {}: {e}", d.out_dir.display());

@@ -112,6 +112,9 @@ pub(crate) struct Shared {
     pub sink: EventSink,
     pub base_env: HashMap<OsString, OsString>,
     pub ccache: Option<String>,
+    /// Files changed from commit `n - 1` to commit `n`, keyed by `n`;
+    /// computed once per build by whichever thread gets there first.
+    pub changes: Mutex<HashMap<usize, Option<Arc<Vec<String>>>>>,
 }
 
 /// A running build: threads waiting for boards until [`BuildSession::finish`].
@@ -164,6 +167,7 @@ impl BuildSession {
             sink,
             base_env: std::env::vars_os().collect(),
             ccache,
+            changes: Mutex::new(HashMap::new()),
         });
         let (tx, rx) = mpsc::channel::<BoardSpec>();
         let rx = Arc::new(Mutex::new(rx));

@@ -163,6 +163,31 @@ pub fn setup_thread_dirs(work_dir: &Path, n: usize) -> Result<(), GitError> {
     Ok(())
 }
 
+/// The files (paths relative to the top of the tree) that differ between
+/// two commits, from `git diff --name-only`.
+pub fn changed_files(dir: &Path, from: &str, to: &str) -> Result<Vec<String>, GitError> {
+    let args = ["diff", "--name-only", "--no-renames", from, to];
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| GitError::Spawn {
+            args: args.join(" "),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(GitError::Failed {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
 /// Check out `commit` in a thread's worktree, discarding local changes.
 pub fn checkout(dir: &Path, commit: &str) -> Result<(), GitError> {
     remove_stale_lock(&dir.join(".git"));

@@ -252,6 +252,47 @@ fn settings_change_make_arguments() {
 }
 
 #[test]
+fn failed_incremental_build_is_retried_after_reconfigure() {
+    let (dir, fx, work) = setup("retry");
+    let mut w = Worker::start(&work, &dir.path, &["-T", "1"], &[]);
+    // verbose_build keeps the defconfig step's output ("CONF") in stdout.
+    w.handshake(json!({"verbose_build": true}));
+    let boards = json!([{"board": "sandbox", "arch": "sandbox"}, {"board": "sandbox_broken", "arch": "sandbox"}]);
+    let commits = &fx.commits[1..3];
+    w.send(json!({"cmd": "build_boards", "boards": boards, "commits": commits}));
+    let msgs = w.recv_until("build_done");
+    let results = results_by_key(&msgs);
+    let out = |b: &str, upto: u64| {
+        results[&(b.to_string(), upto)]["stdout"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    for b in ["sandbox", "sandbox_broken"] {
+        assert!(
+            out(b, 0).contains("CONF    "),
+            "{b}@0 not configured: {}",
+            out(b, 0)
+        );
+    }
+    // A good incremental build does not reconfigure...
+    assert!(
+        !out("sandbox", 1).contains("CONF    "),
+        "{}",
+        out("sandbox", 1)
+    );
+    // ...a failed one is retried once after reconfiguring.
+    let broken = &results[&("sandbox_broken".to_string(), 1)];
+    assert_ne!(broken["return_code"], 0, "{broken}");
+    let text = out("sandbox_broken", 1);
+    assert_eq!(
+        text.matches("CONF    sandbox_broken_defconfig").count(),
+        1,
+        "{text}"
+    );
+}
+
+#[test]
 fn builds_checked_out_source_without_commits() {
     let (dir, _fx, work) = setup("current");
     let mut w = Worker::start(&work, &dir.path, &["-T", "2"], &[]);

@@ -59,6 +59,7 @@ LDFLAGS := -nostdlib -static -Wl,-e,fixture_entry -Wl,--build-id=none
 
 %_defconfig: FORCE
 	@test -f configs/$@ || { echo "Can't find default configuration \"configs/$@\"!" >&2; exit 1; }
+	@echo "  CONF    $@"
 	@mkdir -p $(obj)/include/generated
 	@cp configs/$@ $(obj)/.config.tmp
 	@awk '/^config FIXTURE_VERSION/{f=1} f && /default/{print "CONFIG_FIXTURE_VERSION=" $$2; exit}' Kconfig >> $(obj)/.config.tmp
