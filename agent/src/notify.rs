@@ -55,7 +55,7 @@ impl Notifier {
         }
     }
 
-    /// Startup is complete (first enumeration done).
+    /// Startup is complete (filesystem checked, leftovers cleaned).
     pub fn ready(&self) {
         self.send(&[NotifyState::Ready]);
     }

@@ -121,7 +121,9 @@ impl<'a> Agent<'a> {
 
     /// Runs rounds until a stop signal or a one-shot mode is done.
     pub fn run(&mut self) -> Result<Exit, LoopError> {
-        let mut ready = false;
+        // Ready now, not after the first round: that round may bootstrap
+        // machines for an hour, far beyond systemd's start timeout.
+        self.notifier.ready();
         loop {
             if self.signals.stop_requested() {
                 return Ok(Exit::Stopped);
@@ -140,10 +142,6 @@ impl<'a> Agent<'a> {
                     Vec::new()
                 }
             };
-            if !ready {
-                self.notifier.ready();
-                ready = true;
-            }
             if self.cfg.dump_machines {
                 let headers: Vec<MachineHeader> =
                     offered.iter().map(|m| m.header().clone()).collect();
@@ -162,7 +160,7 @@ impl<'a> Agent<'a> {
                 if self.cfg.fake_request.is_some() {
                     return Ok(Exit::Done);
                 }
-                self.notifier.status("idle: no task");
+                self.notifier.status("idle: no task, sleeping");
                 match self.signals.sleep(self.cfg.idle_sleep) {
                     Wake::Stop => return Ok(Exit::Stopped),
                     Wake::Hangup | Wake::Timeout => continue,
