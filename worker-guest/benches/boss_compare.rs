@@ -134,6 +134,19 @@ fn make_wrapper(dir: &Path) -> PathBuf {
     dir.to_path_buf()
 }
 
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn min(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -156,7 +169,7 @@ fn main() {
         "{:<8} {:>5} {:>8} {:>7} {:>9} {:>16}",
         "worker", "round", "wall_s", "builds", "make_s", "overhead_ms/build"
     );
-    let mut totals: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    let mut all: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     for round in 0..rounds {
         for (name, host) in [("rust", "rusty"), ("python", "pyworker")] {
             let out = dir.path.join(format!("out-{host}-{round}"));
@@ -165,17 +178,23 @@ fn main() {
                 "{name:<8} {round:>5} {:>8.2} {:>7} {:>9.2} {:>16.1}",
                 m.wall, m.builds, m.in_make, m.overhead_ms
             );
-            let t = totals.entry(name).or_default();
-            t.0 += m.wall;
-            t.1 += m.overhead_ms;
+            let t = all.entry(name).or_default();
+            t.0.push(m.wall);
+            t.1.push(m.overhead_ms);
         }
     }
     println!();
-    for (name, (wall, ovh)) in &totals {
+    println!(
+        "{:<8} {:>12} {:>12} {:>20} {:>20}",
+        "worker", "wall_med_s", "wall_min_s", "overhead_med_ms", "overhead_min_ms"
+    );
+    for (name, (wall, ovh)) in &mut all {
         println!(
-            "mean {name:<8} wall {:.2} s, overhead {:.1} ms per board build",
-            wall / rounds as f64,
-            ovh / rounds as f64
+            "{name:<8} {:>12.2} {:>12.2} {:>20.1} {:>20.1}",
+            median(wall),
+            min(wall),
+            median(ovh),
+            min(ovh)
         );
     }
 }
