@@ -9,8 +9,8 @@
 //! - [`protocol`]: the JSON-lines messages (the only module that knows them).
 //! - [`worker`]: the command loop serving a boss.
 //! - [`engine`]: the thread pool building boards × commits, with heartbeats.
-//! - [`builder`](crate::engine): one board at every commit (reconfigure and
-//!   retry rules), internal.
+//! - `builder` (internal): one board at every commit (reconfigure and
+//!   retry rules).
 //! - [`build_settings`]: `configure` settings → make arguments, `-j` split.
 //! - [`outputs`]: sizes, config files and Kconfig change detection.
 //! - [`elf`]: section sizes read from ELF headers.
@@ -18,6 +18,8 @@
 //! - [`toolchain`]: toolchains, `CROSS_COMPILE` and `PATH`.
 //! - [`settings_file`]: the buildman-style `~/.buildman` config file.
 //! - [`process`]: process group leadership, signals, killing builds.
+
+#![warn(missing_docs)]
 
 pub mod build_settings;
 mod builder;

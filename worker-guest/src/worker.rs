@@ -8,6 +8,7 @@
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -104,42 +105,74 @@ fn event_sink(out: &ResponseWriter) -> EventSink {
     })
 }
 
-/// Read lines on a thread. On EOF, `on_eof` runs on that thread (even while
-/// the command loop is busy with a batch build), then the loop is told.
+/// How long after the end of input the reader thread waits for the
+/// command loop to handle it (a `quit` sent just before closing, as the
+/// boss does on Ctrl-C) before running the EOF action itself, in case the
+/// loop is stuck.
+const EOF_GRACE: Duration = Duration::from_secs(2);
+
+/// The action to take when the boss goes away, run at most once and never
+/// after the worker has finished serving.
+struct EofAction {
+    action: Box<dyn Fn() + Send + Sync>,
+    done: AtomicBool,
+}
+
+impl EofAction {
+    fn run(&self) {
+        if !self.done.swap(true, Ordering::SeqCst) {
+            (self.action)();
+        }
+    }
+}
+
+/// Read lines on a thread and pass them to the command loop; `None` marks
+/// the end of input. Commands read before the end are still handled in
+/// order (a final `quit` gets its `quit_ack`); if the loop does not deal
+/// with the end within [`EOF_GRACE`], the reader runs the EOF action itself.
 fn spawn_reader(
     input: impl BufRead + Send + 'static,
-    on_eof: Box<dyn Fn() + Send>,
-) -> std::io::Result<mpsc::Receiver<String>> {
+    on_eof: Arc<EofAction>,
+) -> std::io::Result<mpsc::Receiver<Option<String>>> {
     let (tx, rx) = mpsc::channel();
     thread::Builder::new().name("stdin".into()).spawn(move || {
         for line in input.lines() {
             let Ok(line) = line else { break };
             let line = line.trim().to_string();
-            if !line.is_empty() && tx.send(line).is_err() {
+            if !line.is_empty() && tx.send(Some(line)).is_err() {
                 return;
             }
         }
         tracing::info!("stdin closed");
-        on_eof();
+        if tx.send(None).is_err() {
+            return;
+        }
+        thread::sleep(EOF_GRACE);
+        on_eof.run();
     })?;
     Ok(rx)
 }
 
 /// Serve the boss until `quit` (returns 0, after `quit_ack`) or the end of
-/// input (returns 1). `on_eof` runs as soon as input ends; `on_quit` after
+/// input (returns 1). `on_eof` runs when input ends (the binary kills its
+/// process group: builds must not outlive the boss); `on_quit` after
 /// `quit_ack` is sent, to stop builds still running.
 pub fn run_worker(
     opts: WorkerOptions,
     input: impl BufRead + Send + 'static,
     out: ResponseWriter,
-    on_eof: Box<dyn Fn() + Send>,
+    on_eof: Box<dyn Fn() + Send + Sync>,
     on_quit: &dyn Fn(),
 ) -> i32 {
     let mut toolchains = Toolchains::from_settings(&opts.settings_file);
     let make_flags = MakeFlags::from_settings(&opts.settings_file);
     tracing::debug!("toolchains: {:?}", toolchains.archs());
     let nthreads = opts.nthreads;
-    let rx = match spawn_reader(input, on_eof) {
+    let on_eof = Arc::new(EofAction {
+        action: on_eof,
+        done: AtomicBool::new(false),
+    });
+    let rx = match spawn_reader(input, on_eof.clone()) {
         Ok(rx) => rx,
         Err(e) => {
             tracing::error!("cannot start the input thread: {e}");
@@ -161,6 +194,10 @@ pub fn run_worker(
         draining: None,
     };
     for line in rx {
+        let Some(line) = line else {
+            on_eof.run();
+            break;
+        };
         let cmd = match parse_command(&line) {
             Ok(cmd) => cmd,
             Err(e) => {
@@ -174,6 +211,8 @@ pub fn run_worker(
                 let _ = std::fs::remove_dir_all(&state.opts.work_dir);
             }
             let _ = out.send_last(&Response::QuitAck);
+            // The boss is served: a later end of input needs no action.
+            on_eof.done.store(true, Ordering::SeqCst);
             on_quit();
             return 0;
         }

@@ -248,6 +248,20 @@ fn quit_during_a_build_kills_make_and_exits_zero() {
 }
 
 #[test]
+fn quit_just_before_eof_is_answered() {
+    // The boss's Ctrl-C path sends quit and then closes the connection.
+    let dir = TestDir::new("proto-quit-eof");
+    let mut w = Worker::start(&dir.path, &dir.path, &["-T", "1"], &[]);
+    w.send(json!({"cmd": "configure", "settings": {}}));
+    w.send(json!({"cmd": "quit"}));
+    w.close_stdin();
+    assert_eq!(w.recv()["resp"], "ready");
+    assert_eq!(w.recv(), json!({"resp": "configure_done"}));
+    assert_eq!(w.recv(), json!({"resp": "quit_ack"}));
+    assert_eq!(w.wait(Duration::from_secs(10)).code(), Some(0));
+}
+
+#[test]
 fn help_and_version() {
     let out = std::process::Command::new(common::worker_bin())
         .arg("--help")
