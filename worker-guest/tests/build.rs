@@ -53,7 +53,12 @@ fn check_results(msgs: &[Value], ncommits: u64) {
                     config.contains("CONFIG_TARGET_SANDBOX_BROKEN=y"),
                     "{config}"
                 );
-                assert!(r["config"]["u-boot.cfg"].is_null(), "stale u-boot.cfg: {r}");
+                // Every config file reported is this board's, never one left
+                // by another board built earlier in the same directory.
+                for (name, text) in r["config"].as_object().expect("config map") {
+                    let text = text.as_str().unwrap_or("");
+                    assert!(text.contains("TARGET_SANDBOX_BROKEN"), "stale {name}: {r}");
+                }
                 continue;
             }
             assert_eq!(rc, 0, "{board}@{upto}: {r}");
@@ -289,6 +294,36 @@ fn failed_incremental_build_is_retried_after_reconfigure() {
         text.matches("CONF    sandbox_broken_defconfig").count(),
         1,
         "{text}"
+    );
+}
+
+#[test]
+fn failed_defconfig_reports_no_stale_config() {
+    let (dir, fx, work) = setup("stale-config");
+    // One thread: no_such_board builds in the directory sandbox just used.
+    let mut w = Worker::start(&work, &dir.path, &["-T", "1"], &[]);
+    w.handshake(json!({}));
+    let boards = json!([{"board": "sandbox", "arch": "sandbox"}, {"board": "no_such_board", "arch": "sandbox"}]);
+    w.send(json!({"cmd": "build_boards", "boards": boards, "commits": [fx.commits[3]]}));
+    let msgs = w.recv_until("build_done");
+    let results = results_by_key(&msgs);
+    assert_eq!(results[&("sandbox".to_string(), 0)]["return_code"], 0);
+    let r = &results[&("no_such_board".to_string(), 0)];
+    assert_ne!(r["return_code"], 0, "{r}");
+    assert!(
+        r["stderr"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Can't find default configuration"),
+        "{r}"
+    );
+    assert!(
+        r.get("config").is_none(),
+        "another board's config reported: {r}"
+    );
+    assert!(
+        r.get("sizes").is_none(),
+        "another board's image reported: {r}"
     );
 }
 
