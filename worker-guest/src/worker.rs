@@ -53,14 +53,20 @@ struct State {
     /// A build draining on its own thread (a batch `build_boards`, or a
     /// demand-driven build after `build_done`), so that `quit` is still
     /// heard while it runs.
-    draining: Option<thread::JoinHandle<()>>,
+    /// The flag is set once the build is over (just before `build_done` is
+    /// sent), so a command that follows `build_done` is never refused.
+    draining: Option<(thread::JoinHandle<()>, Arc<AtomicBool>)>,
 }
 
 impl State {
     /// Whether a build (demand-driven or batch) is still running.
     fn building(&mut self) -> bool {
-        if self.draining.as_ref().is_some_and(|b| b.is_finished()) {
-            if let Some(b) = self.draining.take() {
+        if self
+            .draining
+            .as_ref()
+            .is_some_and(|(_, over)| over.load(Ordering::SeqCst))
+        {
+            if let Some((b, _)) = self.draining.take() {
                 let _ = b.join();
             }
         }
@@ -323,14 +329,17 @@ fn handle(state: &mut State, cmd: Command, out: &ResponseWriter) {
 /// command loop keeps listening (for `quit`) meanwhile.
 fn drain(state: &mut State, session: BuildSession, out: &ResponseWriter) {
     let thread_out = out.clone();
+    let over = Arc::new(AtomicBool::new(false));
+    let thread_over = over.clone();
     let waiter = thread::Builder::new().name("drain".into()).spawn(move || {
         let exceptions = session.finish();
+        thread_over.store(true, Ordering::SeqCst);
         if let Err(e) = thread_out.send(&Response::BuildDone { exceptions }) {
             tracing::warn!("cannot write to the boss: {e}");
         }
     });
     match waiter {
-        Ok(handle) => state.draining = Some(handle),
+        Ok(handle) => state.draining = Some((handle, over)),
         Err(e) => {
             tracing::error!("cannot start a thread to finish the build: {e}");
             let _ = out.error(format!("cannot finish the build: {e}"));
