@@ -170,7 +170,7 @@ pub fn run_worker(
     on_eof: Box<dyn Fn() + Send + Sync>,
     on_quit: &dyn Fn(),
 ) -> i32 {
-    let mut toolchains = Toolchains::from_settings(&opts.settings_file);
+    let toolchains = Toolchains::from_settings(&opts.settings_file);
     let make_flags = MakeFlags::from_settings(&opts.settings_file);
     tracing::debug!("toolchains: {:?}", toolchains.archs());
     let nthreads = opts.nthreads;
@@ -189,12 +189,12 @@ pub fn run_worker(
         nthreads,
         slots: nthreads,
     });
-    // Toolchains are moved into the state; the boss's configure adds more.
+    // The boss's configure adds its toolchains to these.
     let mut state = State {
         opts,
         auto_work_dir: false,
         settings: BuildSettings::default(),
-        toolchains: std::mem::take(&mut toolchains),
+        toolchains,
         make_flags,
         session: None,
         draining: None,
@@ -213,13 +213,13 @@ pub fn run_worker(
             }
         };
         if cmd == Command::Quit {
-            if state.auto_work_dir {
-                let _ = std::fs::remove_dir_all(&state.opts.work_dir);
-            }
             let _ = out.send_last(&Response::QuitAck);
             // The boss is served: a later end of input needs no action.
             on_eof.done.store(true, Ordering::SeqCst);
             on_quit();
+            if state.auto_work_dir {
+                let _ = std::fs::remove_dir_all(&state.opts.work_dir);
+            }
             return 0;
         }
         handle(&mut state, cmd, &out);
