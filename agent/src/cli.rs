@@ -107,9 +107,30 @@ pub struct Cli {
     /// RAM given to each VM, in KiB.
     #[arg(long, value_name = "NUM", default_value_t = 1024 * 1024)]
     pub ram: u64,
-    /// Bridge interface the VMs' network is attached to.
-    #[arg(long, value_name = "IFACE", default_value = "br1")]
-    pub bridge: String,
+    /// Attach VMs to this host bridge (tap, through qemu-bridge-helper)
+    /// instead of QEMU user-mode networking (the default, which needs no
+    /// privileges: guests reach the host as 10.0.2.2).
+    #[arg(long, value_name = "IFACE")]
+    pub bridge: Option<String>,
+    /// QEMU binary that runs the guests.
+    #[arg(long, value_name = "PATH", default_value = "qemu-system-x86_64")]
+    pub qemu: PathBuf,
+    /// How guests' CPUs are provided: kvm (hardware) or tcg (emulation, slow).
+    #[arg(long, value_name = "kvm|tcg", default_value = "kvm")]
+    pub accel: crate::vm::Accel,
+    /// Seconds a bootstrapping guest has to make its first TFTP request.
+    #[arg(long, value_name = "SEC", default_value_t = 300)]
+    pub bootstrap_startup: u64,
+    /// Seconds a building guest has to make its first TFTP request.
+    #[arg(long, value_name = "SEC", default_value_t = 60)]
+    pub build_startup: u64,
+    /// Seconds a guest has to power off after uploading its bootstrap manifest.
+    #[arg(long, value_name = "SEC", default_value_t = 120)]
+    pub bootstrap_shutdown: u64,
+    /// Seconds a guest that missed a deadline stays suspended for
+    /// investigation before it is forced down and its snapshot deleted.
+    #[arg(long, value_name = "SEC", default_value_t = 600)]
+    pub suspend_time: u64,
     /// Bootstrap timeout in seconds.
     #[arg(long, value_name = "SEC", default_value_t = 3600)]
     pub bootstrap_timeout: u64,

@@ -14,7 +14,8 @@ use bbot_agent::fake::{FakeMachineFile, FakeRunner};
 use bbot_agent::logging;
 use bbot_agent::machines::{Machines, MachinesConfig};
 use bbot_agent::notify::Notifier;
-use bbot_agent::runner::{NoVmRunner, VmConfig};
+use bbot_agent::qemu_runner::{QemuConfig, QemuRunner};
+use bbot_agent::runner::{MachineRunner, NoVmRunner, VmConfig};
 use bbot_agent::signals::Signals;
 use bbot_agent::spool::Spool;
 use bbot_agent::task::TaskConfig;
@@ -69,8 +70,6 @@ fn run(cli: &Cli) -> anyhow::Result<Exit> {
         cli.toolchain_name,
         cli.toolchain_num
     );
-    // What a real VM runner is built from; the QEMU runner (VM issue) replaces
-    // NoVmRunner below and takes this.
     let vm = VmConfig {
         cpu: cli.cpu,
         ram_kib: cli.ram,
@@ -80,11 +79,32 @@ fn run(cli: &Cli) -> anyhow::Result<Exit> {
         toolchain_num: cli.toolchain_num,
     };
     tracing::debug!("VM settings: {vm:?}");
+    // Real guests unless both phases are faked (then QEMU and KVM are not
+    // needed at all).
+    let real: Box<dyn MachineRunner> = if cli.fake_bootstrap && cli.fake_build {
+        Box::new(NoVmRunner)
+    } else {
+        let state = cli.state_dir();
+        Box::new(
+            QemuRunner::new(QemuConfig {
+                vm,
+                qemu: cli.qemu.clone(),
+                accel: cli.accel,
+                bootstrap_startup: Duration::from_secs(cli.bootstrap_startup),
+                build_startup: Duration::from_secs(cli.build_startup),
+                bootstrap_shutdown: Duration::from_secs(cli.bootstrap_shutdown),
+                suspend_time: Duration::from_secs(cli.suspend_time),
+                run_root: state.join("run"),
+                log_dir: state.join("logs"),
+            })
+            .context("--accel kvm")?,
+        )
+    };
     let runner = FakeRunner::new(
         cli.fake_bootstrap,
         cli.fake_build,
         Duration::from_secs(cli.fake_build_duration),
-        Box::new(NoVmRunner),
+        real,
     );
     let source = match &cli.fake_machine {
         Some(p) => {

@@ -28,8 +28,9 @@ pub struct VmConfig {
     pub cpu: u16,
     /// RAM per VM in KiB (`--ram`).
     pub ram_kib: u64,
-    /// Bridge for the VM's network (`--bridge`).
-    pub bridge: String,
+    /// Bridge for the VM's network (`--bridge`); user-mode networking when
+    /// absent.
+    pub bridge: Option<String>,
     /// TFTP root (`--tftp`); see PROTOCOLS.md section 5 for the per-phase mapping.
     pub tftp: PathBuf,
     /// Toolchain name, which selects the TFTP subdirectories.

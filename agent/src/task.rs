@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use manifests::{ResultManifest, ResultStatus, TaskManifest};
+use manifests::{sanitize_text, OperationResult, ResultManifest, ResultStatus, TaskManifest};
 
 use crate::cancel::Cancel;
 use crate::machines::{BootstrappedMachine, TempSubvolume};
@@ -87,7 +87,30 @@ pub fn perform(
         }
         Err(e) => {
             tracing::error!("task {} {}: {e}", task.name, task.version);
-            status_result(task, ResultStatus::Abnormal)
+            failure_result(task, &e)
         }
     }
+}
+
+/// Name of the operation that reports what went wrong with the machine
+/// itself (as opposed to a board build).
+pub const MACHINE_OPERATION: &str = "machine";
+
+/// The result of a task whose machine failed: bbot's `abort` for a missed
+/// deadline (the operation was cut short), `abnormal` for a machine or
+/// guest that broke, with the reason as the `machine` operation's log so
+/// the controller's users see what happened.
+pub fn failure_result(task: &TaskManifest, error: &RunnerError) -> ResultManifest {
+    let status = match error {
+        RunnerError::Timeout { .. } => ResultStatus::Abort,
+        RunnerError::Interrupted => ResultStatus::Interrupt,
+        RunnerError::Unsupported(_) | RunnerError::Failed(_) => ResultStatus::Abnormal,
+    };
+    let mut r = status_result(task, ResultStatus::Skip);
+    r.push_operation(OperationResult {
+        name: MACHINE_OPERATION.to_string(),
+        status,
+        log: Some(sanitize_text(&error.to_string())),
+    });
+    r
 }

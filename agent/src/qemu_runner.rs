@@ -1,0 +1,458 @@
+//! The real [`MachineRunner`]: every bootstrap and every task in a QEMU
+//! guest booted from the snapshot it is handed, talking to the agent only
+//! through its own TFTP server (PROTOCOLS.md sections 4 and 5).
+//!
+//! One guest session, whatever the phase:
+//! 1. prepare the phase's TFTP directories (the task manifest goes into
+//!    `build/<tc>/get/manifest`), start the TFTP server on an ephemeral port;
+//! 2. start QEMU, telling the guest `host:port` and the phase through
+//!    fw_cfg (`opt/bbot/tftp`, `opt/bbot/mode`) and, for direct kernel boot,
+//!    the kernel command line (`bbot.tftp=`, `bbot.mode=`);
+//! 3. wait for the guest's first request (startup timeout), then for its
+//!    `manifest` upload (bootstrap/build timeout), then — after a bootstrap —
+//!    for it to power off (shutdown timeout). A missed deadline suspends the
+//!    VM for investigation (`--suspend-time`), then forces it down;
+//! 4. force the VM down, remove the TFTP directories and the run directory
+//!    (QMP socket), keep the console log under `<state>/logs`.
+//!
+//! Cancellation is polled every 50 ms; the VM is forced down at once.
+
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use manifests::{BootstrapManifest, Document, MacAddress, MachineManifest, ResultManifest};
+
+use crate::cancel::Cancel;
+use crate::runner::{BootstrapJob, MachineRunner, RunnerError, TaskJob, VmConfig};
+use crate::tftp::{Phase, TftpEvent, TftpLayout, TftpServer, DEFAULT_UPLOAD_LIMIT};
+use crate::vm::{Accel, Network, Vm, VmSpec, VmState};
+
+/// The guest's view of the host under QEMU user-mode networking.
+const USER_NET_HOST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+/// How long a guest gets to power off by itself after uploading its result
+/// before it is forced down.
+const TASK_POWEROFF_GRACE: Duration = Duration::from_secs(10);
+/// The manifest the guest fetches and uploads.
+const MANIFEST: &str = "manifest";
+
+/// Settings of the QEMU runner beyond [`VmConfig`].
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    /// CPU, RAM, bridge, TFTP root and toolchain.
+    pub vm: VmConfig,
+    /// `--qemu`.
+    pub qemu: PathBuf,
+    /// `--accel`.
+    pub accel: Accel,
+    /// `--bootstrap-startup`: first request of a bootstrapping guest.
+    pub bootstrap_startup: Duration,
+    /// `--build-startup`: first request of a building guest.
+    pub build_startup: Duration,
+    /// `--bootstrap-shutdown`: power-off after a bootstrap upload.
+    pub bootstrap_shutdown: Duration,
+    /// `--suspend-time`: how long a guest that missed a deadline stays
+    /// suspended for investigation before it is forced down.
+    pub suspend_time: Duration,
+    /// Where VMs' run directories (QMP socket, logs) live while they run.
+    pub run_root: PathBuf,
+    /// Where console logs are kept after the VM is gone.
+    pub log_dir: PathBuf,
+}
+
+/// Boots real guests with QEMU.
+#[derive(Debug)]
+pub struct QemuRunner {
+    cfg: QemuConfig,
+}
+
+static SESSION: AtomicU64 = AtomicU64::new(0);
+
+impl QemuRunner {
+    /// A runner with these settings; checks KVM up front so a
+    /// misconfigured host fails at start, not at the first task.
+    pub fn new(cfg: QemuConfig) -> Result<QemuRunner, crate::vm::VmError> {
+        if cfg.accel == Accel::Kvm {
+            crate::vm::check_kvm()?;
+        }
+        Ok(QemuRunner { cfg })
+    }
+
+    fn layout(&self) -> TftpLayout {
+        TftpLayout {
+            root: self.cfg.vm.tftp.clone(),
+            toolchain: self.cfg.vm.toolchain_name.clone(),
+        }
+    }
+
+    /// The address the TFTP server binds and the one the guest is told.
+    fn tftp_addresses(&self) -> Result<(IpAddr, IpAddr), RunnerError> {
+        match &self.cfg.vm.bridge {
+            None => Ok((IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4(USER_NET_HOST))),
+            Some(bridge) => {
+                let ip = interface_ipv4(bridge).ok_or_else(|| {
+                    RunnerError::Failed(format!(
+                        "bridge {bridge} has no IPv4 address for the guest to reach the TFTP server"
+                    ))
+                })?;
+                Ok((IpAddr::V4(ip), IpAddr::V4(ip)))
+            }
+        }
+    }
+
+    /// Runs one guest session and hands the uploaded manifest to `after`
+    /// while the VM still exists (a bootstrap waits for its power-off
+    /// there). Whatever happens, the VM is down and its run directory gone
+    /// when this returns.
+    #[allow(clippy::too_many_arguments)]
+    fn session<T>(
+        &self,
+        phase: Phase,
+        machine: &MachineManifest,
+        subvolume: &Path,
+        mac: MacAddress,
+        startup: Duration,
+        work: Duration,
+        cancel: &Cancel,
+        after: impl FnOnce(&mut Vm, Vec<u8>) -> Result<T, RunnerError>,
+    ) -> Result<T, RunnerError> {
+        let layout = self.layout();
+        let (bind, advertised) = self.tftp_addresses()?;
+        let server = TftpServer::start(
+            bind,
+            &layout.get_dir(phase),
+            &layout.put_dir(phase),
+            DEFAULT_UPLOAD_LIMIT,
+        )
+        .map_err(|e| RunnerError::Failed(e.to_string()))?;
+        let tftp = SocketAddr::new(advertised, server.local_addr().port()).to_string();
+        let mode = match phase {
+            Phase::Bootstrap => "bootstrap",
+            Phase::Task => "task",
+        };
+        let options = machine
+            .option_args()
+            .map_err(|e| RunnerError::Failed(e.message().to_string()))?;
+        let id = SESSION.fetch_add(1, Ordering::Relaxed);
+        let name = format!(
+            "{}-{}-{}",
+            machine.header.name, self.cfg.vm.toolchain_name, self.cfg.vm.toolchain_num
+        );
+        let spec = VmSpec {
+            name: name.clone(),
+            qemu: self.cfg.qemu.clone(),
+            accel: self.cfg.accel,
+            cpus: self.cfg.vm.cpu,
+            ram_mib: (self.cfg.vm.ram_kib / 1024).max(64),
+            machine_dir: subvolume.to_path_buf(),
+            machine_options: options,
+            mac: mac.to_string(),
+            network: match &self.cfg.vm.bridge {
+                None => Network::User,
+                Some(b) => Network::Bridge(b.clone()),
+            },
+            fw_cfg: vec![
+                ("opt/bbot/tftp".into(), tftp.clone()),
+                ("opt/bbot/mode".into(), mode.into()),
+            ],
+            kernel_args: vec![format!("bbot.tftp={tftp}"), format!("bbot.mode={mode}")],
+            run_dir: self
+                .cfg
+                .run_root
+                .join(format!("{name}-{}-{id}", std::process::id())),
+        };
+        let outcome = match Vm::start(&spec) {
+            Err(e) => Err(RunnerError::Failed(e.to_string())),
+            Ok(mut vm) => {
+                tracing::info!("{mode} of {name}: guest started, TFTP at {tftp}");
+                let r = self
+                    .wait_upload(&mut vm, &server, phase, startup, work, cancel)
+                    .and_then(|path| {
+                        let bytes = fs::read(&path)
+                            .map_err(|e| RunnerError::Failed(format!("{}: {e}", path.display())))?;
+                        after(&mut vm, bytes)
+                    });
+                vm.force_down();
+                r
+            }
+        };
+        drop(server);
+        self.finish_run_dir(&spec.run_dir, &name, mode);
+        outcome
+    }
+
+    /// Keeps the console log and removes the run directory (QMP socket).
+    fn finish_run_dir(&self, run_dir: &Path, name: &str, mode: &str) {
+        let console = run_dir.join("console.log");
+        if console.exists() {
+            let _ = fs::create_dir_all(&self.cfg.log_dir);
+            let kept = self.cfg.log_dir.join(format!("{name}-{mode}.console.log"));
+            match fs::rename(&console, &kept).or_else(|_| fs::copy(&console, &kept).map(drop)) {
+                Ok(()) => tracing::info!("console log of {name} kept in {}", kept.display()),
+                Err(e) => tracing::warn!("cannot keep console log {}: {e}", console.display()),
+            }
+        }
+        if let Err(e) = fs::remove_dir_all(run_dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("cannot remove {}: {e}", run_dir.display());
+            }
+        }
+    }
+
+    /// Waits for the guest's first request, then for its manifest upload.
+    fn wait_upload(
+        &self,
+        vm: &mut Vm,
+        server: &TftpServer,
+        phase: Phase,
+        startup: Duration,
+        work: Duration,
+        cancel: &Cancel,
+    ) -> Result<PathBuf, RunnerError> {
+        let start = Instant::now();
+        let mut first_request: Option<Instant> = None;
+        loop {
+            if cancel.is_cancelled() {
+                vm.force_down();
+                return Err(RunnerError::Interrupted);
+            }
+            while let Ok(event) = server.events().try_recv() {
+                if first_request.is_none() {
+                    tracing::info!("guest's first TFTP request after {:.1?}", start.elapsed());
+                    first_request = Some(Instant::now());
+                }
+                match event {
+                    TftpEvent::Stored { name, path, bytes }
+                        if name.trim_start_matches('/') == MANIFEST =>
+                    {
+                        tracing::info!("guest uploaded its manifest ({bytes} bytes)");
+                        return Ok(path);
+                    }
+                    TftpEvent::Refused { op, name, reason } => {
+                        tracing::warn!("guest's TFTP {op} '{name}' refused: {reason}");
+                    }
+                    other => tracing::debug!("guest TFTP: {other:?}"),
+                }
+            }
+            if let VmState::Exited(status) = vm.state() {
+                let when = if first_request.is_some() {
+                    "before uploading its manifest"
+                } else {
+                    "before requesting anything over TFTP"
+                };
+                return Err(RunnerError::Failed(format!(
+                    "the guest stopped ({status}) {when}; console:\n{}",
+                    vm.console_tail(3000)
+                )));
+            }
+            let (what, deadline) = match first_request {
+                None => ("startup", start + startup),
+                Some(t) => (
+                    match phase {
+                        Phase::Bootstrap => "bootstrap",
+                        Phase::Task => "build",
+                    },
+                    t + work,
+                ),
+            };
+            if Instant::now() >= deadline {
+                let after = match first_request {
+                    None => startup,
+                    Some(_) => work,
+                };
+                self.suspend_then_stop(vm, what, cancel);
+                return Err(RunnerError::Timeout {
+                    what: what.to_string(),
+                    after,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A guest that missed a deadline: pause it, say how to reach it, keep
+    /// it for `--suspend-time` (or until the agent is stopped), then stop it.
+    fn suspend_then_stop(&self, vm: &mut Vm, what: &str, cancel: &Cancel) {
+        tracing::error!("guest missed its {what} deadline");
+        match vm.suspend() {
+            Ok(()) => {
+                let until = Instant::now() + self.cfg.suspend_time;
+                while Instant::now() < until && !cancel.is_cancelled() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            Err(e) => tracing::warn!("cannot suspend the guest: {e}"),
+        }
+        vm.force_down();
+    }
+
+    /// Empties (recreates) a directory the guest writes into.
+    fn fresh_dir(dir: &Path) -> Result<(), RunnerError> {
+        match fs::remove_dir_all(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(RunnerError::Failed(format!("{}: {e}", dir.display()))),
+        }
+        fs::create_dir_all(dir).map_err(|e| RunnerError::Failed(format!("{}: {e}", dir.display())))
+    }
+}
+
+impl MachineRunner for QemuRunner {
+    fn bootstrap(
+        &self,
+        job: &BootstrapJob<'_>,
+        cancel: &Cancel,
+    ) -> Result<BootstrapManifest, RunnerError> {
+        let layout = self.layout();
+        let get = layout.get_dir(Phase::Bootstrap);
+        if !get.is_dir() {
+            return Err(RunnerError::Failed(format!(
+                "TFTP toolchain directory {} does not exist: it must hold what guests \
+                 install at bootstrap (worker-guest)",
+                get.display()
+            )));
+        }
+        let put = layout.put_dir(Phase::Bootstrap);
+        Self::fresh_dir(&put)?;
+        let outcome = self.session(
+            Phase::Bootstrap,
+            job.machine,
+            job.subvolume,
+            job.mac,
+            self.cfg.bootstrap_startup,
+            job.timeout,
+            cancel,
+            |vm, bytes| {
+                // A bootstrapped image must be consistent on disk: the guest
+                // powers off by itself.
+                let down = vm.wait_exit(self.cfg.bootstrap_shutdown, || !cancel.is_cancelled());
+                if cancel.is_cancelled() {
+                    return Err(RunnerError::Interrupted);
+                }
+                if !down {
+                    self.suspend_then_stop(vm, "shutdown", cancel);
+                    return Err(RunnerError::Timeout {
+                        what: "shutdown".into(),
+                        after: self.cfg.bootstrap_shutdown,
+                    });
+                }
+                let name = format!("bootstrap manifest uploaded by {}", job.machine.header.name);
+                BootstrapManifest::parse(&bytes, &name).map_err(|e| {
+                    RunnerError::Failed(format!(
+                        "the guest uploaded an invalid bootstrap manifest: {e}"
+                    ))
+                })
+            },
+        );
+        let _ = fs::remove_dir_all(&put);
+        outcome
+    }
+
+    fn run_task(&self, job: &TaskJob<'_>, cancel: &Cancel) -> Result<ResultManifest, RunnerError> {
+        let Some(subvolume) = job.subvolume else {
+            return Err(RunnerError::Unsupported(
+                "a task with --fake-machine has no machine to boot; add --fake-build".into(),
+            ));
+        };
+        let layout = self.layout();
+        let build_dir = layout.root.join("build").join(&layout.toolchain);
+        let get = layout.get_dir(Phase::Task);
+        let put = layout.put_dir(Phase::Task);
+        Self::fresh_dir(&get)?;
+        Self::fresh_dir(&put)?;
+        let text = job
+            .task
+            .to_text()
+            .map_err(|e| RunnerError::Failed(format!("cannot write the task manifest: {e}")))?;
+        fs::write(get.join(MANIFEST), text)
+            .map_err(|e| RunnerError::Failed(format!("{}: {e}", get.display())))?;
+        let machine = &job.machine.machine;
+        let mac = machine
+            .mac
+            .unwrap_or_else(|| MacAddress::locally_administered(name_bytes(&machine.header.name)));
+        let outcome = self.session(
+            Phase::Task,
+            machine,
+            subvolume,
+            mac,
+            self.cfg.build_startup,
+            job.timeout,
+            cancel,
+            |vm, bytes| {
+                // The guest powers off after its upload; give it a moment
+                // before the session forces it down.
+                vm.wait_exit(TASK_POWEROFF_GRACE, || !cancel.is_cancelled());
+                let name = format!("result manifest uploaded by {}", machine.header.name);
+                ResultManifest::parse(&bytes, &name).map_err(|e| {
+                    RunnerError::Failed(format!(
+                        "the guest uploaded an invalid result manifest: {e}"
+                    ))
+                })
+            },
+        );
+        if let Err(e) = fs::remove_dir_all(&build_dir) {
+            tracing::warn!("cannot remove {}: {e}", build_dir.display());
+        }
+        outcome
+    }
+}
+
+/// Six bytes derived from a machine name, for a stable MAC when the
+/// manifest has none.
+fn name_bytes(name: &str) -> [u8; 6] {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let b = h.to_le_bytes();
+    [b[0], b[1], b[2], b[3], b[4], b[5]]
+}
+
+/// The first IPv4 address of a network interface (the bridge guests reach
+/// the host through).
+fn interface_ipv4(name: &str) -> Option<Ipv4Addr> {
+    let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a list we free with freeifaddrs below; every
+    // pointer is checked before use.
+    unsafe {
+        if libc::getifaddrs(&mut addrs) != 0 {
+            return None;
+        }
+        let mut found = None;
+        let mut cur = addrs;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            if !ifa.ifa_addr.is_null()
+                && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET
+                && std::ffi::CStr::from_ptr(ifa.ifa_name).to_str() == Ok(name)
+            {
+                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+                break;
+            }
+            cur = ifa.ifa_next;
+        }
+        libc::freeifaddrs(addrs);
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_has_an_address_and_unknown_interfaces_none() {
+        assert_eq!(interface_ipv4("lo"), Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(interface_ipv4("no-such-if0"), None);
+    }
+
+    #[test]
+    fn derived_mac_is_stable_and_local() {
+        let a = MacAddress::locally_administered(name_bytes("m"));
+        assert_eq!(a, MacAddress::locally_administered(name_bytes("m")));
+        assert_eq!(a.0[0] & 0x03, 0x02);
+    }
+}

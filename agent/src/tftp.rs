@@ -1,0 +1,473 @@
+//! The per-VM TFTP server: the one place that maps what a guest asks for
+//! to files on the host (PROTOCOLS.md section 5).
+//!
+//! Built on `async-tftp` (retransmission, options, block sizes) with a
+//! handler of our own, because the mapping is the security boundary: a
+//! guest reads only its phase's GET directory and writes only its PUT
+//! directory, never through `..`, absolute paths or symlinks leading out.
+//! Uploads land in a temporary file renamed into place when the transfer
+//! completes, so the agent never reads a half-written manifest, and are
+//! capped in size. Every request is reported on a channel so the agent can
+//! run bbot's startup and build timeouts off the guest's activity.
+
+use async_tftp::packet;
+use async_tftp::server::{Handler, TftpServerBuilder};
+use futures_lite::AsyncWrite;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::{Component, Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Largest upload accepted by default: the controller's result size cap.
+pub const DEFAULT_UPLOAD_LIMIT: u64 = 15 * 1024 * 1024;
+
+/// Which of the guest contract's two phases a VM is in; it decides the
+/// directories the guest can reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// First boot of a machine revision for a toolchain.
+    Bootstrap,
+    /// A build task.
+    Task,
+}
+
+/// The `--tftp` directory tree and the toolchain whose subdirectories a
+/// VM of this agent may use.
+#[derive(Debug, Clone)]
+pub struct TftpLayout {
+    /// `--tftp`.
+    pub root: PathBuf,
+    /// `--toolchain-name`.
+    pub toolchain: String,
+}
+
+impl TftpLayout {
+    /// Directory GET requests are served from.
+    pub fn get_dir(&self, phase: Phase) -> PathBuf {
+        match phase {
+            Phase::Bootstrap => self.root.join("toolchain").join(&self.toolchain),
+            Phase::Task => self.root.join("build").join(&self.toolchain).join("get"),
+        }
+    }
+
+    /// Directory PUT requests write to.
+    pub fn put_dir(&self, phase: Phase) -> PathBuf {
+        match phase {
+            Phase::Bootstrap => self.root.join("bootstrap").join(&self.toolchain),
+            Phase::Task => self.root.join("build").join(&self.toolchain).join("put"),
+        }
+    }
+}
+
+/// What the guest did, as the agent needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TftpEvent {
+    /// A read request was accepted and the file is being sent.
+    Get {
+        /// The name the guest asked for.
+        name: String,
+    },
+    /// A write request was accepted; data is arriving.
+    PutStarted {
+        /// The name the guest asked for.
+        name: String,
+    },
+    /// An upload completed and was renamed into place.
+    Stored {
+        /// The name the guest asked for.
+        name: String,
+        /// Where it is now.
+        path: PathBuf,
+        /// Its size.
+        bytes: u64,
+    },
+    /// A request was refused (answered with a TFTP error).
+    Refused {
+        /// `GET` or `PUT`.
+        op: &'static str,
+        /// The name the guest asked for.
+        name: String,
+        /// Why, for the log.
+        reason: String,
+    },
+}
+
+/// A TFTP server that could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum TftpError {
+    /// The GET or PUT directory is missing or unreadable.
+    #[error("TFTP directory {path}: {source}")]
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// What failed.
+        source: io::Error,
+    },
+    /// No UDP port could be bound.
+    #[error("cannot bind a TFTP port on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: IpAddr,
+        /// What failed.
+        source: io::Error,
+    },
+    /// The server failed to start.
+    #[error("cannot start the TFTP server: {0}")]
+    Server(String),
+}
+
+/// A running server; stopped when dropped.
+pub struct TftpServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    events: Receiver<TftpEvent>,
+}
+
+impl TftpServer {
+    /// Serves `get_dir` and `put_dir` on an ephemeral UDP port of `bind`.
+    pub fn start(
+        bind: IpAddr,
+        get_dir: &Path,
+        put_dir: &Path,
+        upload_limit: u64,
+    ) -> Result<TftpServer, TftpError> {
+        let canonical = |p: &Path| {
+            fs::canonicalize(p).map_err(|source| TftpError::Directory {
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        let (tx, events) = mpsc::channel();
+        let handler = GuestHandler {
+            get_dir: canonical(get_dir)?,
+            put_dir: canonical(put_dir)?,
+            upload_limit,
+            events: tx,
+        };
+        let socket = UdpSocket::bind(SocketAddr::new(bind, 0))
+            .map_err(|source| TftpError::Bind { addr: bind, source })?;
+        let addr = socket
+            .local_addr()
+            .map_err(|source| TftpError::Bind { addr: bind, source })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let stop_flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name(format!("tftp-{}", addr.port()))
+            .spawn(move || {
+                futures_lite::future::block_on(async move {
+                    let built = async {
+                        TftpServerBuilder::with_handler(handler)
+                            .std_socket(socket)
+                            .map_err(|e| e.to_string())?
+                            .timeout(Duration::from_secs(3))
+                            .max_send_retries(10)
+                            .build()
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                    .await;
+                    let server = match built {
+                        Ok(s) => {
+                            let _ = ready_tx.send(Ok(()));
+                            s
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let stopped = async {
+                        while !stop_flag.load(Ordering::SeqCst) {
+                            async_io::Timer::after(Duration::from_millis(50)).await;
+                        }
+                        Ok(())
+                    };
+                    if let Err(e) = futures_lite::future::or(server.serve(), stopped).await {
+                        tracing::error!("TFTP server on {addr} failed: {e}");
+                    }
+                })
+            })
+            .map_err(|e| TftpError::Server(e.to_string()))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(TftpServer {
+                addr,
+                stop,
+                thread: Some(thread),
+                events,
+            }),
+            Ok(Err(e)) => Err(TftpError::Server(e)),
+            Err(_) => Err(TftpError::Server("server thread exited".into())),
+        }
+    }
+
+    /// The address the guest must be told.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// What the guest did, in order.
+    pub fn events(&self) -> &Receiver<TftpEvent> {
+        &self.events
+    }
+
+    /// Stops serving; transfers in flight are abandoned (their temporary
+    /// files removed).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for TftpServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Why a requested name was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal(pub String);
+
+/// Checks a requested name: relative (one leading `/` allowed), only plain
+/// components. Returns the components.
+fn plain_components(name: &str) -> Result<Vec<&str>, Refusal> {
+    let trimmed = name.strip_prefix('/').unwrap_or(name);
+    if trimmed.is_empty() {
+        return Err(Refusal("empty file name".into()));
+    }
+    let mut out = Vec::new();
+    for c in Path::new(trimmed).components() {
+        match c {
+            Component::Normal(s) => match s.to_str() {
+                Some(s) if !s.starts_with(".bbot-upload-") => out.push(s),
+                Some(_) => return Err(Refusal("reserved file name".into())),
+                None => return Err(Refusal("file name is not UTF-8".into())),
+            },
+            Component::ParentDir => return Err(Refusal("'..' is not allowed".into())),
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(Refusal("absolute paths are not allowed".into()))
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(Refusal("empty file name".into()));
+    }
+    Ok(out)
+}
+
+/// Maps a GET name to a regular file inside `dir` (canonical), following
+/// symlinks only as long as they stay inside.
+pub fn resolve_get(dir: &Path, name: &str) -> Result<PathBuf, Refusal> {
+    let parts = plain_components(name)?;
+    let joined = parts.iter().fold(dir.to_path_buf(), |p, c| p.join(c));
+    let real = fs::canonicalize(&joined).map_err(|_| Refusal("no such file".into()))?;
+    if !real.starts_with(dir) {
+        return Err(Refusal("leads outside the guest's directory".into()));
+    }
+    if !real.is_file() {
+        return Err(Refusal("not a regular file".into()));
+    }
+    Ok(real)
+}
+
+/// Maps a PUT name to its final path inside `dir` (canonical): the parent
+/// directory must already exist inside `dir`, and the name must not be a
+/// directory.
+pub fn resolve_put(dir: &Path, name: &str) -> Result<PathBuf, Refusal> {
+    let parts = plain_components(name)?;
+    let (file, parents) = parts
+        .split_last()
+        .ok_or_else(|| Refusal("empty file name".into()))?;
+    let parent = parents.iter().fold(dir.to_path_buf(), |p, c| p.join(c));
+    let real_parent = fs::canonicalize(&parent).map_err(|_| Refusal("no such directory".into()))?;
+    if !real_parent.starts_with(dir) {
+        return Err(Refusal("leads outside the guest's directory".into()));
+    }
+    let target = real_parent.join(file);
+    if target.is_dir() {
+        return Err(Refusal("is a directory".into()));
+    }
+    Ok(target)
+}
+
+struct GuestHandler {
+    get_dir: PathBuf,
+    put_dir: PathBuf,
+    upload_limit: u64,
+    events: Sender<TftpEvent>,
+}
+
+impl GuestHandler {
+    fn refuse(&self, op: &'static str, name: &str, reason: String) -> packet::Error {
+        tracing::warn!("TFTP {op} '{name}' refused: {reason}");
+        let _ = self.events.send(TftpEvent::Refused {
+            op,
+            name: name.to_string(),
+            reason: reason.clone(),
+        });
+        packet::Error::Msg(format!("{name}: {reason}"))
+    }
+}
+
+static UPLOAD_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Handler for GuestHandler {
+    type Reader = blocking::Unblock<File>;
+    type Writer = AtomicUpload;
+
+    async fn read_req_open(
+        &mut self,
+        _client: &SocketAddr,
+        path: &Path,
+    ) -> Result<(Self::Reader, Option<u64>), packet::Error> {
+        let name = path.to_string_lossy().into_owned();
+        let real = resolve_get(&self.get_dir, &name).map_err(|r| self.refuse("GET", &name, r.0))?;
+        let file = File::open(&real).map_err(|e| self.refuse("GET", &name, e.to_string()))?;
+        let len = file.metadata().ok().map(|m| m.len());
+        tracing::debug!("TFTP GET '{name}' -> {}", real.display());
+        let _ = self.events.send(TftpEvent::Get { name });
+        Ok((blocking::Unblock::new(file), len))
+    }
+
+    async fn write_req_open(
+        &mut self,
+        _client: &SocketAddr,
+        path: &Path,
+        size: Option<u64>,
+    ) -> Result<Self::Writer, packet::Error> {
+        let name = path.to_string_lossy().into_owned();
+        let target =
+            resolve_put(&self.put_dir, &name).map_err(|r| self.refuse("PUT", &name, r.0))?;
+        if let Some(size) = size.filter(|s| *s > self.upload_limit) {
+            return Err(self.refuse(
+                "PUT",
+                &name,
+                format!(
+                    "{size} bytes exceed the upload limit of {} bytes",
+                    self.upload_limit
+                ),
+            ));
+        }
+        let dir = target.parent().unwrap_or(&self.put_dir);
+        let temp = dir.join(format!(
+            ".bbot-upload-{}-{}",
+            std::process::id(),
+            UPLOAD_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .map_err(|e| self.refuse("PUT", &name, e.to_string()))?;
+        let _ = self
+            .events
+            .send(TftpEvent::PutStarted { name: name.clone() });
+        Ok(AtomicUpload {
+            inner: Some(blocking::Unblock::new(file)),
+            temp,
+            target,
+            name,
+            written: 0,
+            limit: self.upload_limit,
+            events: self.events.clone(),
+            done: false,
+        })
+    }
+}
+
+/// An upload in flight: data goes to a temporary file that is renamed over
+/// the target only when the transfer completes (the server closes the
+/// writer after the last block); a transfer that breaks off leaves nothing.
+pub struct AtomicUpload {
+    inner: Option<blocking::Unblock<File>>,
+    temp: PathBuf,
+    target: PathBuf,
+    name: String,
+    written: u64,
+    limit: u64,
+    events: Sender<TftpEvent>,
+    done: bool,
+}
+
+impl AsyncWrite for AtomicUpload {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.written + buf.len() as u64 > self.limit {
+            let limit = self.limit;
+            tracing::warn!(
+                "TFTP PUT '{}' refused: over the upload limit of {limit} bytes",
+                self.name
+            );
+            let _ = self.events.send(TftpEvent::Refused {
+                op: "PUT",
+                name: self.name.clone(),
+                reason: format!("over the upload limit of {limit} bytes"),
+            });
+            return Poll::Ready(Err(io::Error::other(format!(
+                "upload exceeds {limit} bytes"
+            ))));
+        }
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(Err(io::Error::other("upload already closed")));
+        };
+        let n = futures_lite::ready!(Pin::new(inner).poll_write(cx, buf))?;
+        self.written += n as u64;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.inner.as_mut() {
+            Some(inner) => Pin::new(inner).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(inner) = self.inner.as_mut() {
+            futures_lite::ready!(Pin::new(inner).poll_close(cx))?;
+            self.inner = None;
+        }
+        if !self.done {
+            fs::rename(&self.temp, &self.target)?;
+            self.done = true;
+            tracing::debug!(
+                "TFTP PUT '{}' stored as {}",
+                self.name,
+                self.target.display()
+            );
+            let _ = self.events.send(TftpEvent::Stored {
+                name: self.name.clone(),
+                path: self.target.clone(),
+                bytes: self.written,
+            });
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for AtomicUpload {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}

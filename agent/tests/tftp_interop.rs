@@ -1,0 +1,284 @@
+//! The agent's TFTP server against real clients: tftp-hpa, busybox and
+//! curl, for GET, PUT, the blksize option, and every way a guest might try
+//! to leave its directories.
+
+use bbot_agent::tftp::{TftpEvent, TftpServer};
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    get: std::path::PathBuf,
+    put: std::path::PathBuf,
+    outside: std::path::PathBuf,
+    server: TftpServer,
+}
+
+fn setup(limit: u64) -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let get = tmp.path().join("get");
+    let put = tmp.path().join("put");
+    let outside = tmp.path().join("outside");
+    for d in [&get, &put, &outside] {
+        fs::create_dir(d).unwrap();
+    }
+    fs::write(get.join("manifest"), ": 1\nname: task\n").unwrap();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(get.join("big.bin"), &big).unwrap();
+    fs::create_dir(get.join("sub")).unwrap();
+    fs::write(get.join("sub/inner"), "inner").unwrap();
+    fs::write(outside.join("secret"), "secret").unwrap();
+    std::os::unix::fs::symlink(outside.join("secret"), get.join("escape")).unwrap();
+    std::os::unix::fs::symlink("manifest", get.join("alias")).unwrap();
+    std::os::unix::fs::symlink(&outside, put.join("outlink")).unwrap();
+    let server = TftpServer::start(IpAddr::V4(Ipv4Addr::LOCALHOST), &get, &put, limit).unwrap();
+    Setup {
+        _tmp: tmp,
+        get,
+        put,
+        outside,
+        server,
+    }
+}
+
+fn port(s: &Setup) -> u16 {
+    let SocketAddr::V4(a) = s.server.local_addr() else {
+        panic!()
+    };
+    a.port()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+fn events(s: &Setup) -> Vec<TftpEvent> {
+    std::thread::sleep(Duration::from_millis(100));
+    s.server.events().try_iter().collect()
+}
+
+/// Waits for the server to report `name` stored (the final ACK goes out
+/// just before the rename, so a client may finish a moment earlier).
+fn wait_stored(s: &Setup, name: &str) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if let Ok(TftpEvent::Stored { name: n, bytes, .. }) =
+            s.server.events().recv_timeout(Duration::from_millis(100))
+        {
+            if n == name {
+                return bytes;
+            }
+        }
+    }
+    panic!("{name} was not stored");
+}
+
+fn no_upload_leftovers(dir: &Path) {
+    for e in fs::read_dir(dir).unwrap() {
+        let name = e.unwrap().file_name();
+        assert!(
+            !name.to_string_lossy().starts_with(".bbot-upload-"),
+            "temp file left: {name:?}"
+        );
+    }
+}
+
+#[test]
+fn tftp_hpa_get_and_put() {
+    let s = setup(1 << 20);
+    let out = s._tmp.path().join("got");
+    let o = run(Command::new("tftp")
+        .args([
+            "-m",
+            "binary",
+            "127.0.0.1",
+            &port(&s).to_string(),
+            "-c",
+            "get",
+            "/manifest",
+        ])
+        .arg(&out));
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(fs::read_to_string(&out).unwrap(), ": 1\nname: task\n");
+    let local = s._tmp.path().join("result");
+    fs::write(&local, ": 1\nstatus: success\n").unwrap();
+    let o = run(Command::new("tftp")
+        .args([
+            "-m",
+            "binary",
+            "127.0.0.1",
+            &port(&s).to_string(),
+            "-c",
+            "put",
+        ])
+        .arg(&local)
+        .arg("manifest"));
+    assert!(o.status.success(), "{o:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        fs::read_to_string(s.put.join("manifest")).unwrap(),
+        ": 1\nstatus: success\n"
+    );
+    let ev = events(&s);
+    assert!(
+        ev.contains(&TftpEvent::Get {
+            name: "/manifest".into()
+        }),
+        "{ev:?}"
+    );
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, TftpEvent::Stored { name, bytes: 20, .. } if name == "manifest")),
+        "{ev:?}"
+    );
+    no_upload_leftovers(&s.put);
+}
+
+#[test]
+fn busybox_get_put_with_blksize() {
+    let s = setup(1 << 20);
+    let out = s._tmp.path().join("big");
+    let p = port(&s).to_string();
+    let o = run(Command::new("busybox")
+        .args(["tftp", "-b", "1400", "-g", "-r", "big.bin", "-l"])
+        .arg(&out)
+        .args(["127.0.0.1", &p]));
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        fs::read(&out).unwrap(),
+        fs::read(s.get.join("big.bin")).unwrap()
+    );
+    let local = s._tmp.path().join("upload");
+    fs::write(&local, vec![b'x'; 100_000]).unwrap();
+    // A subdirectory must exist already: refused, nothing created.
+    let o = run(Command::new("busybox")
+        .args(["tftp", "-b", "1024", "-p", "-l"])
+        .arg(&local)
+        .args(["-r", "sub/log", "127.0.0.1", &p]));
+    assert!(!o.status.success(), "{o:?}");
+    assert!(!s.put.join("sub").exists());
+    fs::create_dir(s.put.join("sub")).unwrap();
+    let o = run(Command::new("busybox")
+        .args(["tftp", "-b", "1024", "-p", "-l"])
+        .arg(&local)
+        .args(["-r", "sub/log", "127.0.0.1", &p]));
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(wait_stored(&s, "sub/log"), 100_000);
+    assert_eq!(
+        fs::read(s.put.join("sub/log")).unwrap(),
+        fs::read(&local).unwrap()
+    );
+}
+
+#[test]
+fn curl_get_put_blksize() {
+    let s = setup(1 << 20);
+    let p = port(&s);
+    let out = s._tmp.path().join("big");
+    let o = run(Command::new("curl")
+        .args(["-sS", "--tftp-blksize", "1468", "-o"])
+        .arg(&out)
+        .arg(format!("tftp://127.0.0.1:{p}/big.bin")));
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        fs::read(&out).unwrap(),
+        fs::read(s.get.join("big.bin")).unwrap()
+    );
+    let o = run(Command::new("curl")
+        .args(["-sS", "-o"])
+        .arg(&out)
+        .arg(format!("tftp://127.0.0.1:{p}/alias")));
+    assert!(
+        o.status.success(),
+        "symlink inside the directory is served: {o:?}"
+    );
+    let local = s._tmp.path().join("up");
+    fs::write(&local, vec![b'r'; 70_000]).unwrap();
+    let o = run(Command::new("curl")
+        .args(["-sS", "--tftp-blksize", "512", "-T"])
+        .arg(&local)
+        .arg(format!("tftp://127.0.0.1:{p}/manifest")));
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(wait_stored(&s, "manifest"), 70_000);
+    assert_eq!(
+        fs::read(s.put.join("manifest")).unwrap(),
+        fs::read(&local).unwrap()
+    );
+    no_upload_leftovers(&s.put);
+}
+
+#[test]
+fn escapes_are_refused() {
+    let s = setup(1 << 20);
+    let p = port(&s);
+    for name in [
+        "../outside/secret",
+        "/../outside/secret",
+        "escape",
+        "sub/../../outside/secret",
+        "sub",
+        "missing",
+        "/etc/passwd",
+    ] {
+        let out = s._tmp.path().join("stolen");
+        let _ = fs::remove_file(&out);
+        let o = run(Command::new("curl")
+            .args(["-sS", "--path-as-is", "-o"])
+            .arg(&out)
+            .arg(format!("tftp://127.0.0.1:{p}/{name}")));
+        assert!(!o.status.success(), "GET {name} must fail");
+        assert!(
+            fs::read_to_string(&out).map_or(true, |t| !t.contains("secret")),
+            "GET {name} leaked"
+        );
+    }
+    let local = s._tmp.path().join("evil");
+    fs::write(&local, "evil").unwrap();
+    for name in [
+        "../outside/evil",
+        "outlink/evil",
+        "/../evil",
+        "sub/evil",
+        ".bbot-upload-1-1",
+    ] {
+        let o = run(Command::new("busybox")
+            .args(["tftp", "-p", "-l"])
+            .arg(&local)
+            .args(["-r", name, "127.0.0.1", &p.to_string()]));
+        assert!(!o.status.success(), "PUT {name} must fail");
+    }
+    assert_eq!(
+        fs::read_dir(&s.outside).unwrap().count(),
+        1,
+        "something was written outside"
+    );
+    assert!(
+        !s._tmp.path().join("evil").exists()
+            || fs::read_to_string(s._tmp.path().join("evil")).unwrap() == "evil"
+    );
+    let refused = events(&s)
+        .into_iter()
+        .filter(|e| matches!(e, TftpEvent::Refused { .. }))
+        .count();
+    assert!(refused >= 10, "every refusal is reported, got {refused}");
+}
+
+#[test]
+fn oversized_upload_is_refused_and_leaves_nothing() {
+    let s = setup(64 * 1024);
+    let p = port(&s);
+    let local = s._tmp.path().join("huge");
+    fs::write(&local, vec![b'h'; 200_000]).unwrap();
+    let o = run(Command::new("curl")
+        .args(["-sS", "-T"])
+        .arg(&local)
+        .arg(format!("tftp://127.0.0.1:{p}/manifest")));
+    assert!(!o.status.success(), "{o:?}");
+    assert!(!s.put.join("manifest").exists());
+    no_upload_leftovers(&s.put);
+    let _ = &s.get;
+}
