@@ -45,6 +45,12 @@ impl BtrfsLoop {
     /// when not root. Panics when root but the setup fails: that is a broken
     /// test environment, not a skip.
     pub fn new() -> Option<Self> {
+        Self::with_size(IMAGE_SIZE)
+    }
+
+    /// Like [`BtrfsLoop::new`] with an image of `size` bytes (sparse), for
+    /// tests that keep real machine images.
+    pub fn with_size(size: u64) -> Option<Self> {
         if !is_root() {
             eprintln!("\n*** SKIPPED: btrfs tests need root (loop devices, mount) ***\n");
             return None;
@@ -55,7 +61,7 @@ impl BtrfsLoop {
             .expect("temporary directory");
         let img = dir.path().join("btrfs.img");
         let f = std::fs::File::create(&img).expect("image file");
-        f.set_len(IMAGE_SIZE).expect("sparse image");
+        f.set_len(size).expect("sparse image");
         drop(f);
         run(Command::new("mkfs.btrfs").arg("-q").arg("-f").arg(&img)).expect("mkfs.btrfs");
         let dev =

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod btrfs_loop;
 pub mod controller;
+pub mod vm;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

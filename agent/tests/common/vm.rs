@@ -1,0 +1,152 @@
+//! Support for tests with real guests: the machine made by the project's
+//! own recipe (machines/make-machine) on a loop btrfs, the worker-guest
+//! binary, a git daemon the guest clones from, and checks that a run left
+//! nothing behind.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The machine name the recipe makes.
+pub const MACHINE: &str = "x86_64-debian_12-uboot";
+/// Loop btrfs size for tests that keep a machine image (sparse).
+pub const VM_FS_SIZE: u64 = 8 * 1024 * 1024 * 1024;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("agent/ has a parent")
+        .to_path_buf()
+}
+
+/// The cargo target directory the agent binary was built into.
+pub fn target_dir() -> PathBuf {
+    let exe = Path::new(env!("CARGO_BIN_EXE_bbot-agent"));
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/bbot-agent")
+        .to_path_buf()
+}
+
+/// The worker-guest binary of this build (built on demand: cargo only
+/// guarantees this package's binaries for its tests).
+pub fn worker_guest_binary() -> PathBuf {
+    let exe = Path::new(env!("CARGO_BIN_EXE_bbot-agent"));
+    let dir = exe.parent().expect("binary directory");
+    let wg = dir.join("worker-guest");
+    let release = dir.file_name().is_some_and(|n| n == "release");
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cargo
+        .args(["build", "-q", "-p", "worker-guest", "--bin", "worker-guest"])
+        .env("CARGO_TARGET_DIR", target_dir())
+        .current_dir(workspace());
+    if release {
+        cargo.arg("--release");
+    }
+    let st = cargo.status().expect("run cargo build -p worker-guest");
+    assert!(st.success(), "cargo build -p worker-guest failed");
+    assert!(wg.is_file(), "{} missing after the build", wg.display());
+    wg
+}
+
+/// Makes the recipe's machine in `machines` with `worker_guest` inside;
+/// the Debian kernel is cached under the target directory.
+pub fn make_machine(machines: &Path, worker_guest: &Path) -> PathBuf {
+    let out = Command::new(workspace().join("machines/make-machine"))
+        .arg("--machines")
+        .arg(machines)
+        .arg("--worker-guest")
+        .arg(worker_guest)
+        .arg("--cache")
+        .arg(target_dir().join("machine-cache"))
+        .output()
+        .expect("run machines/make-machine");
+    assert!(
+        out.status.success(),
+        "make-machine failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// A free TCP port on loopback (bound and released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `git daemon` serving `base` read-only on loopback; the guest reaches
+/// it as `git://10.0.2.2:<port>/`.
+pub struct GitDaemon {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+}
+
+impl GitDaemon {
+    /// Starts the daemon and waits until it accepts connections.
+    pub fn start(base: &Path) -> Self {
+        let port = free_port();
+        let child = Command::new("git")
+            .arg("daemon")
+            .arg("--reuseaddr")
+            .arg("--export-all")
+            .arg(format!("--base-path={}", base.display()))
+            .arg("--listen=127.0.0.1")
+            .arg(format!("--port={port}"))
+            .arg(base)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start git daemon");
+        super::wait_for("git daemon", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        GitDaemon { child, port }
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// QEMU processes whose command line names `what` (a VM name part).
+pub fn qemu_processes(what: &str) -> Vec<String> {
+    let out = Command::new("pgrep")
+        .args(["-a", "-f", &format!("qemu-system.*bbot-.*{what}")])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Writes an executable file.
+pub fn write_executable(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).expect("parent directory");
+    }
+    std::fs::write(path, text).expect("write executable");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// Whether QEMU is installed (the tests need it; CI installs it).
+pub fn require_qemu() {
+    let ok = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "qemu-system-x86_64 is required (scripts/install-deps installs it)"
+    );
+}

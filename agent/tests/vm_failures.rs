@@ -1,0 +1,224 @@
+//! Guests that misbehave, in real QEMU guests under TCG on a real loop
+//! btrfs, bootstrapped by the real agent: one that never asks for its task
+//! (startup timeout), one that hangs after fetching it (build timeout), one
+//! that uploads garbage (abnormal result naming the parse error) and one
+//! that tries to read and write outside its TFTP directories (refused). In
+//! every case the result reaches the controller and nothing of the VM
+//! survives: no temporary subvolume, no QEMU process, no TFTP or run
+//! directory.
+//!
+//! The machine is made by machines/make-machine with a scripted
+//! worker-guest (tests/guests/misbehaving-worker-guest) that picks its
+//! behaviour at bootstrap from the toolchain directory, so one image serves
+//! every case.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use common::agent::AgentProc;
+use common::btrfs_loop::BtrfsLoop;
+use common::controller::{task_response, Reply, TestController};
+use common::vm::{self, MACHINE};
+use manifests::{Document, ResultRequestManifest, ResultStatus};
+
+struct Case<'a> {
+    behaviour: &'a str,
+    extra_args: &'a [&'a str],
+}
+
+/// Runs one agent for toolchain `tc-<behaviour>` until the controller has
+/// its result; returns the result and the agent's log.
+fn run_case(fs: &Path, work: &Path, case: &Case<'_>) -> (ResultRequestManifest, String) {
+    let tc = format!("tc-{}", case.behaviour);
+    let tftp = work.join("tftp");
+    let toolchain_dir = tftp.join("toolchain").join(&tc);
+    fs::create_dir_all(&toolchain_dir).expect("toolchain dir");
+    fs::write(
+        toolchain_dir.join("behaviour"),
+        format!("{}\n", case.behaviour),
+    )
+    .expect("behaviour");
+    let state = work.join(format!("state-{tc}"));
+    // The controller learns its own URL only once started; the result URL
+    // is relative to it, so the task names it through a shared slot.
+    let result_url: std::sync::Arc<std::sync::OnceLock<String>> = Default::default();
+    let slot = std::sync::Arc::clone(&result_url);
+    let served = std::sync::atomic::AtomicBool::new(false);
+    let ctl = TestController::start(move |req, _| {
+        if req.path.starts_with("/result") {
+            Reply::ok("")
+        } else if !served.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            Reply::ok(task_response(
+                MACHINE,
+                slot.get().map_or("", String::as_str),
+                "s1",
+            ))
+        } else {
+            Reply::no_task()
+        }
+    });
+    let mut args: Vec<String> = vec![
+        "--machines".into(),
+        fs.display().to_string(),
+        "--tftp".into(),
+        tftp.display().to_string(),
+        "--state".into(),
+        state.display().to_string(),
+        "--toolchain-name".into(),
+        tc.clone(),
+        "--accel".into(),
+        "tcg".into(),
+        "--ram".into(),
+        "1048576".into(),
+        "--idle-sleep".into(),
+        "1".into(),
+        "--suspend-time".into(),
+        "2".into(),
+        "--verbose".into(),
+        "3".into(),
+    ];
+    args.extend(case.extra_args.iter().map(|s| s.to_string()));
+    let _ = result_url.set(ctl.url("/result"));
+    args.push(ctl.url("/"));
+    let mut agent = AgentProc::spawn(&args);
+    let body = common::wait_for(
+        &format!("{} result", case.behaviour),
+        Duration::from_secs(600),
+        || {
+            ctl.requests_to("/result")
+                .into_iter()
+                .next()
+                .map(|r| r.body)
+        },
+    );
+    let log = agent.stop();
+    let result = ResultRequestManifest::parse(body.as_bytes(), "uploaded result")
+        .unwrap_or_else(|e| panic!("{e}\n{body}\nagent log:\n{log}"));
+    // Nothing of the VM survives.
+    assert!(
+        common::temporaries(fs).is_empty(),
+        "temporary subvolumes left:\n{log}"
+    );
+    assert!(vm::qemu_processes(&tc).is_empty(), "QEMU left running");
+    assert!(
+        !tftp.join("build").join(&tc).exists(),
+        "TFTP build directory left"
+    );
+    let run = state.join("run");
+    assert!(
+        fs::read_dir(&run).map_or(true, |mut d| d.next().is_none()),
+        "run directory (QMP socket) left in {}",
+        run.display()
+    );
+    assert!(
+        fs.join("default")
+            .join(MACHINE)
+            .join(format!("{MACHINE}-{tc}"))
+            .is_dir(),
+        "the machine was bootstrapped for {tc}"
+    );
+    (result, log)
+}
+
+fn machine_log(r: &ResultRequestManifest) -> String {
+    r.result
+        .operation("machine")
+        .and_then(|o| o.log.clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn misbehaving_guests_are_stopped_reported_and_cleaned_up() {
+    let Some(fs) = BtrfsLoop::with_size(vm::VM_FS_SIZE) else {
+        return;
+    };
+    vm::require_qemu();
+    let work = tempfile::tempdir().expect("work dir");
+    let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests/misbehaving-worker-guest");
+    vm::make_machine(fs.path(), &guest);
+
+    // Never asks for its manifest: startup timeout, suspended, reported.
+    let (r, log) = run_case(
+        fs.path(),
+        work.path(),
+        &Case {
+            behaviour: "never-asks",
+            extra_args: &["--build-startup", "12"],
+        },
+    );
+    assert_eq!(r.result.status, ResultStatus::Abort, "{log}");
+    assert!(
+        machine_log(&r).contains("startup timed out after 12s"),
+        "{}",
+        machine_log(&r)
+    );
+    assert!(log.contains("suspended for investigation"), "{log}");
+
+    // Fetches its manifest, then hangs: build timeout.
+    let (r, log) = run_case(
+        fs.path(),
+        work.path(),
+        &Case {
+            behaviour: "hangs",
+            extra_args: &["--build-timeout", "10"],
+        },
+    );
+    assert_eq!(r.result.status, ResultStatus::Abort, "{log}");
+    assert!(
+        machine_log(&r).contains("build timed out after 10s"),
+        "{}",
+        machine_log(&r)
+    );
+    assert!(log.contains("suspended for investigation"), "{log}");
+
+    // Uploads garbage: abnormal, naming the parse error and its place.
+    let (r, log) = run_case(
+        fs.path(),
+        work.path(),
+        &Case {
+            behaviour: "garbage",
+            extra_args: &[],
+        },
+    );
+    assert_eq!(r.result.status, ResultStatus::Abnormal, "{log}");
+    let m = machine_log(&r);
+    assert!(m.contains("invalid result manifest"), "{m}");
+    assert!(
+        m.contains(":4:9: error: invalid 'status' value: invalid status 'grand'"),
+        "{m}"
+    );
+
+    // Tries to leave its directories: every attempt refused, nothing
+    // written outside.
+    let (r, log) = run_case(
+        fs.path(),
+        work.path(),
+        &Case {
+            behaviour: "escape",
+            extra_args: &[],
+        },
+    );
+    assert_eq!(r.result.status, ResultStatus::Success, "{log}");
+    let attempts = r
+        .result
+        .operation("escape@0")
+        .and_then(|o| o.log.clone())
+        .unwrap_or_default();
+    assert_eq!(attempts.lines().count(), 10, "{attempts}");
+    for line in attempts.lines() {
+        assert!(line.ends_with(": refused"), "escaped: {line}\n{attempts}");
+    }
+    assert!(log.contains("refused"), "the agent logs refusals:\n{log}");
+    assert!(!Path::new("/tmp/bbot-evil").exists());
+    assert!(!work.path().join("tftp/build/evil").exists());
+    assert!(!work.path().join("tftp/evil").exists());
+    assert_eq!(
+        fs::read_to_string(work.path().join("tftp/toolchain/tc-escape/behaviour"))
+            .ok()
+            .as_deref(),
+        Some("escape\n")
+    );
+}
