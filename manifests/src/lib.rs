@@ -24,6 +24,7 @@ pub mod bbot;
 pub mod detect;
 mod error;
 mod status;
+pub mod summary;
 pub mod text;
 
 pub use bbot::{

@@ -19,6 +19,10 @@ struct Cli {
     /// Only check; print nothing on success.
     #[arg(short, long)]
     quiet: bool,
+    /// For a result (or result request): print a board × commit table
+    /// instead of the manifest.
+    #[arg(short, long)]
+    summary: bool,
     /// Files to check (`-` for standard input).
     #[arg(required = true)]
     files: Vec<PathBuf>,
@@ -45,6 +49,18 @@ fn check(cli: &Cli, path: &PathBuf) -> Result<()> {
     let stream = manifests::parse_stream(&bytes, &source)?;
     let kind = cli.kind.unwrap_or_else(|| Kind::detect(&stream));
     let text = kind.normalize(&stream, &source)?;
+    if cli.summary {
+        use manifests::Document;
+        let result = match kind {
+            Kind::Result => manifests::ResultManifest::from_stream(&stream, &source)?,
+            Kind::ResultRequest => {
+                manifests::ResultRequestManifest::from_stream(&stream, &source)?.result
+            }
+            other => anyhow::bail!("{source}: --summary needs a result, this is a {other}"),
+        };
+        print!("{}", manifests::summary::board_summary(&result));
+        return Ok(());
+    }
     if cli.quiet {
         eprintln!("{source}: ok ({kind})");
     } else {
