@@ -63,3 +63,34 @@ fn systemd_analyze_verify() {
     );
     assert!(Path::new(&unit_path).exists());
 }
+
+#[test]
+fn worker_guest_unit_verifies() {
+    let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("*** SKIPPED: systemd-analyze not installed (package systemd) ***");
+        return;
+    };
+    assert!(out.status.success());
+    let unit = include_str!("../../systemd/worker-guest.service");
+    // The guest's binary is not on the host: point at one that is.
+    let unit = unit.replace(
+        "/usr/local/bin/worker-guest",
+        env!("CARGO_BIN_EXE_bbot-agent"),
+    );
+    assert!(unit.contains("ExecStopPost=/bin/systemctl --no-block poweroff"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("worker-guest.service");
+    std::fs::write(&path, unit).expect("unit");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", dir.path().display()))
+        .output()
+        .expect("systemd-analyze");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let ours: Vec<&str> = err.lines().filter(|l| l.contains("worker-guest")).collect();
+    assert!(
+        out.status.success() && ours.is_empty(),
+        "systemd-analyze verify:\n{err}"
+    );
+}
