@@ -18,17 +18,31 @@
 //! - [`toolchain`]: toolchains, `CROSS_COMPILE` and `PATH`.
 //! - [`settings_file`]: the buildman-style `~/.buildman` config file.
 //! - [`process`]: process group leadership, signals, killing builds.
+//! - [`tftp_client`]: the guest's TFTP client (task and result transfer).
+//! - [`locate`]: where the agent's TFTP server is (fw_cfg, kernel command
+//!   line, default gateway).
+//! - [`repository`]: cloning the task's source.
+//! - [`results`]: build outcomes → the result manifest.
+//! - [`task`]: task mode (fetch, clone, build, upload).
+//! - [`bootstrap`]: bootstrap mode (install the served worker, report
+//!   versions).
 
 #![warn(missing_docs)]
 
+pub mod bootstrap;
 pub mod build_settings;
 mod builder;
 pub mod elf;
 pub mod engine;
+pub mod locate;
 pub mod outputs;
 pub mod process;
 pub mod protocol;
+pub mod repository;
+pub mod results;
 pub mod settings_file;
+pub mod task;
+pub mod tftp_client;
 pub mod toolchain;
 pub mod worker;
 pub mod worktree;

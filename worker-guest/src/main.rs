@@ -12,7 +12,9 @@ use worker_guest::engine::HEARTBEAT_INTERVAL;
 use worker_guest::process::{kill_group_on_signals, ProcessGroup};
 use worker_guest::protocol::ResponseWriter;
 use worker_guest::settings_file::BuildmanSettings;
+use worker_guest::tftp_client::{self, TftpClient};
 use worker_guest::worker::{default_nthreads, resolve_work_dir, run_worker, WorkerOptions};
+use worker_guest::{bootstrap, locate, task};
 
 /// Command line of the guest side. `--worker` is accepted as a flag (not
 /// only as the `worker` subcommand) because buildman's boss starts its
@@ -36,11 +38,71 @@ struct Cli {
     command: Option<Mode>,
 }
 
-/// What the guest does (the task and bootstrap modes come later).
+/// What the guest does.
 #[derive(Subcommand, Debug)]
 enum Mode {
     /// Run as a buildman-compatible build worker on stdin/stdout.
     Worker(WorkerArgs),
+    /// Fetch the task over TFTP, build it, upload the result (build VM).
+    Task(TaskArgs),
+    /// Install the toolchain's worker-guest and upload the bootstrap
+    /// manifest (bootstrap VM).
+    Bootstrap(BootstrapArgs),
+}
+
+/// How to reach the agent's TFTP server (both VM modes).
+#[derive(Args, Debug, Clone)]
+struct TftpArgs {
+    /// The agent's TFTP server (default: fw_cfg opt/bbot/tftp, then
+    /// bbot.tftp= on the kernel command line, then the default gateway
+    /// port 69).
+    #[arg(long, value_name = "HOST:PORT")]
+    tftp: Option<String>,
+
+    /// Seconds to wait for each TFTP answer before resending.
+    #[arg(long, value_name = "SECS", default_value_t = tftp_client::DEFAULT_TIMEOUT.as_secs_f64())]
+    tftp_timeout: f64,
+
+    /// Resends of a TFTP packet before the server counts as gone.
+    #[arg(long, value_name = "N", default_value_t = tftp_client::DEFAULT_RETRIES)]
+    tftp_retries: u32,
+
+    /// Debug output on stderr.
+    #[arg(short = 'D', long)]
+    debug: bool,
+}
+
+/// Options of the task mode.
+#[derive(Args, Debug, Clone)]
+struct TaskArgs {
+    #[command(flatten)]
+    tftp: TftpArgs,
+
+    /// Directory the source is cloned into (must not exist or be empty).
+    #[arg(long, value_name = "DIR", default_value = "/work")]
+    work_dir: PathBuf,
+
+    /// Build threads (default: the number of CPUs).
+    #[arg(short = 'T', long)]
+    threads: Option<usize>,
+
+    /// buildman-style settings file for toolchains and make flags
+    /// (default: ~/.buildman if it exists; without one, a compiler is
+    /// found on PATH for each board architecture).
+    #[arg(short = 'G', long = "config-file", value_name = "FILE")]
+    config_file: Option<PathBuf>,
+}
+
+/// Options of the bootstrap mode.
+#[derive(Args, Debug, Clone)]
+struct BootstrapArgs {
+    #[command(flatten)]
+    tftp: TftpArgs,
+
+    /// Where the served worker-guest is installed (default: this
+    /// executable).
+    #[arg(long, value_name = "PATH")]
+    install: Option<PathBuf>,
 }
 
 /// Options of the worker mode, named as buildman names them.
@@ -68,8 +130,8 @@ struct WorkerArgs {
     heartbeat_interval: f64,
 }
 
-fn init_logging(debug: bool) {
-    let default = if debug { "debug" } else { "warn" };
+fn init_logging(debug: bool, quiet_default: &str) {
+    let default = if debug { "debug" } else { quiet_default };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
@@ -82,7 +144,7 @@ fn init_logging(debug: bool) {
 fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     // Lead our own process group first, so every make we start joins it.
     let group = ProcessGroup::become_leader();
-    init_logging(args.debug);
+    init_logging(args.debug, "warn");
     if !group.is_leader() {
         tracing::warn!("not a process group leader: only our own children will be killed");
     }
@@ -112,10 +174,81 @@ fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(code as u8))
 }
 
+/// The TFTP client for the agent's server: `--tftp`, or wherever the
+/// agent said (see `locate`).
+fn tftp_client(args: &TftpArgs) -> anyhow::Result<TftpClient> {
+    let server = match &args.tftp {
+        Some(value) => locate::parse_address(value, "--tftp")?,
+        None => {
+            let (addr, source) = locate::locate(&locate::Sources::default())
+                .context("finding the agent's TFTP server")?;
+            tracing::info!("TFTP server {addr} (from {source:?})");
+            addr
+        }
+    };
+    if !(args.tftp_timeout > 0.0 && args.tftp_timeout.is_finite()) {
+        anyhow::bail!("--tftp-timeout must be a positive number of seconds");
+    }
+    Ok(TftpClient::new(server).with_timeout(
+        Duration::from_secs_f64(args.tftp_timeout),
+        args.tftp_retries,
+    ))
+}
+
+fn task_mode(args: TaskArgs) -> anyhow::Result<ExitCode> {
+    let group = ProcessGroup::become_leader();
+    init_logging(args.tftp.debug, "info");
+    kill_group_on_signals(group).context("setting up signal handling")?;
+    let client = tftp_client(&args.tftp)?;
+    let settings_path = args
+        .config_file
+        .clone()
+        .or_else(|| BuildmanSettings::default_path().filter(|p| p.exists()));
+    let settings_file = match &settings_path {
+        Some(p) => {
+            tracing::info!("toolchains and make flags from {}", p.display());
+            Some(BuildmanSettings::load(p)?)
+        }
+        None => None,
+    };
+    let opts = task::TaskOptions {
+        work_dir: args.work_dir,
+        nthreads: args.threads.unwrap_or_else(default_nthreads).max(1),
+        settings_file,
+        search_path: std::env::var_os("PATH").unwrap_or_default(),
+    };
+    let result = task::run_task(&client, &opts).context("task failed with no result uploaded")?;
+    tracing::info!("result uploaded: {}", result.status);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bootstrap_mode(args: BootstrapArgs) -> anyhow::Result<ExitCode> {
+    init_logging(args.tftp.debug, "info");
+    let client = tftp_client(&args.tftp)?;
+    let install = match args.install {
+        Some(p) => p,
+        None => std::env::current_exe().context("finding this executable")?,
+    };
+    let search_path = std::env::var_os("PATH").unwrap_or_default();
+    let report =
+        bootstrap::run_bootstrap(&client, &install, &search_path).context("bootstrap failed")?;
+    tracing::info!(
+        "bootstrap manifest uploaded ({} worker-guest)",
+        if report.installed {
+            "installed the served"
+        } else {
+            "kept the current"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Some(Mode::Worker(args)) => worker(args),
+        Some(Mode::Task(args)) => task_mode(args),
+        Some(Mode::Bootstrap(args)) => bootstrap_mode(args),
         None if cli.worker => worker(cli.worker_args),
         None => {
             use clap::CommandFactory;

@@ -276,6 +276,86 @@ impl Toolchains {
     }
 }
 
+/// Target-triplet endings tried, in order, after `<arch>` when looking for
+/// a cross compiler on `PATH` (`aarch64` → `aarch64-linux-gnu-gcc`, then
+/// `aarch64-linux-gcc`, ...): Debian's cross packages first, then the names
+/// kernel.org and bare-metal toolchains use.
+pub const AUTO_TRIPLET_ENDINGS: [&str; 9] = [
+    "-linux-gnu",
+    "-linux",
+    "-none-elf",
+    "-elf",
+    "-unknown-linux-gnu",
+    "-none-linux-gnu",
+    "-linux-gnueabihf",
+    "-linux-gnueabi",
+    "-none-eabi",
+];
+
+/// Other compiler architectures that build a buildman architecture (as
+/// buildman's default `[toolchain-alias]` section has them).
+fn arch_aliases(arch: &str) -> &'static [&'static str] {
+    match arch {
+        "x86" => &["i386", "i686", "x86_64"],
+        "riscv" => &["riscv64", "riscv32"],
+        "blackfin" => &["bfin"],
+        "nds32" => &["nds32le"],
+        "openrisc" => &["or1k"],
+        "sh" => &["sh4"],
+        _ => &[],
+    }
+}
+
+/// The compiler names tried for a board architecture when no settings file
+/// says which one to use: host `gcc` for `sandbox` (no prefix, as buildman
+/// builds it), else `<arch><ending>-gcc` for every ending of
+/// [`AUTO_TRIPLET_ENDINGS`], then the same for the architecture's aliases.
+pub fn auto_candidates(arch: &str) -> Vec<String> {
+    if arch == "sandbox" {
+        return vec!["gcc".to_string()];
+    }
+    std::iter::once(arch)
+        .chain(arch_aliases(arch).iter().copied())
+        .flat_map(|a| {
+            AUTO_TRIPLET_ENDINGS
+                .iter()
+                .map(move |e| format!("{a}{e}-gcc"))
+        })
+        .collect()
+}
+
+impl Toolchains {
+    /// Find a toolchain for each of `archs` on the search path `path` (a
+    /// `PATH`-style list), for a guest that has no `~/.buildman`: the first
+    /// executable of [`auto_candidates`] in path order wins. Architectures
+    /// with no compiler are left out, so their boards report buildman's
+    /// "No tool chain found" (return code 10).
+    pub fn detect<'a>(archs: impl IntoIterator<Item = &'a str>, path: &std::ffi::OsStr) -> Self {
+        let dirs: Vec<PathBuf> = std::env::split_paths(path)
+            .filter(|d| !d.as_os_str().is_empty())
+            .collect();
+        let mut tcs = Self::new();
+        for arch in archs {
+            if tcs.by_arch.contains_key(arch) {
+                continue;
+            }
+            let found = auto_candidates(arch).into_iter().find_map(|name| {
+                dirs.iter()
+                    .map(|d| d.join(&name))
+                    .find(|p| is_executable(p))
+            });
+            match found {
+                Some(gcc) => {
+                    tracing::info!("toolchain for {arch}: {}", gcc.display());
+                    tcs.add(Toolchain::new(gcc, Some(arch), PRIORITY_FULL_PREFIX));
+                }
+                None => tracing::warn!("no compiler for arch '{arch}' on PATH"),
+            }
+        }
+        tcs
+    }
+}
+
 /// Compilers (`*gcc`) in a toolchain directory's usual places.
 fn scan_dir(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -331,5 +411,41 @@ mod tests {
         let s = BuildmanSettings::parse("[toolchain]\nroot = /usr\n");
         let tcs = Toolchains::from_settings(&s);
         assert!(tcs.select("sandbox").is_ok(), "{:?}", tcs.archs());
+    }
+
+    #[test]
+    fn detects_compilers_on_a_search_path() {
+        let dir = std::env::temp_dir().join(format!("tc-detect-{}", std::process::id()));
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let exe = |p: PathBuf| {
+            std::fs::write(&p, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        exe(a.join("gcc"));
+        // The -linux-gnu name wins over -none-elf, wherever it lies.
+        exe(a.join("aarch64-none-elf-gcc"));
+        exe(b.join("aarch64-linux-gnu-gcc"));
+        exe(b.join("riscv64-linux-gcc"));
+        // Not executable: ignored.
+        std::fs::write(a.join("arm-linux-gnueabi-gcc"), "").unwrap();
+        let path = std::env::join_paths([&a, &b]).unwrap();
+        let tcs = Toolchains::detect(["sandbox", "aarch64", "riscv", "arm", "aarch64"], &path);
+        let sandbox = tcs.select("sandbox").unwrap();
+        assert_eq!(
+            (sandbox.gcc.clone(), sandbox.cross.as_str()),
+            (a.join("gcc"), "")
+        );
+        let arm64 = tcs.select("aarch64").unwrap();
+        assert_eq!(arm64.gcc, b.join("aarch64-linux-gnu-gcc"));
+        assert_eq!(arm64.cross, "aarch64-linux-gnu-");
+        let riscv = tcs.select("riscv").unwrap();
+        assert_eq!(
+            (riscv.cross.as_str(), riscv.arch.as_str()),
+            ("riscv64-linux-", "riscv")
+        );
+        assert!(tcs.select("arm").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

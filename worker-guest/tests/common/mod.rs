@@ -5,6 +5,7 @@
 
 pub mod boss;
 pub mod fixture;
+pub mod tftp;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,632 @@
+//! The guest's own TFTP client (RFC 1350 with the blksize and tsize
+//! options of RFC 2347–2349), so a guest needs nothing but `worker-guest`
+//! to fetch its task and upload its result.
+//!
+//! Hand-written rather than a crate: the TFTP client crates on crates.io
+//! are async-only or unmaintained, and the protocol is a page of code. It
+//! follows the RFC's rules that matter on a lossy link: each packet is
+//! retransmitted on timeout a bounded number of times (so a transfer with
+//! a dead server ends in bounded time, whatever else arrives meanwhile), a
+//! duplicate DATA block is re-acknowledged at once while a duplicate ACK is
+//! never answered with new data (no sorcerer's apprentice), packets from a
+//! foreign transfer id get an error and are otherwise ignored, and a
+//! transfer the client gives up on is aborted with an ERROR packet so the
+//! server does not wait for it.
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+const RRQ: u16 = 1;
+const WRQ: u16 = 2;
+const DATA: u16 = 3;
+const ACK: u16 = 4;
+const ERROR: u16 = 5;
+const OACK: u16 = 6;
+
+/// TFTP error code "file not found".
+pub const ERR_NOT_FOUND: u16 = 1;
+/// TFTP error code "unknown transfer id".
+const ERR_UNKNOWN_TID: u16 = 5;
+/// TFTP error code "option negotiation failed" (RFC 2347).
+const ERR_OPTIONS: u16 = 8;
+/// TFTP error code "not defined" (used for our own protocol aborts).
+const ERR_UNDEFINED: u16 = 0;
+
+/// Block size asked for: fits an Ethernet frame with IP and UDP headers.
+pub const DEFAULT_BLKSIZE: u16 = 1428;
+/// Largest block size RFC 2348 allows.
+pub const MAX_BLKSIZE: u16 = 65464;
+/// Smallest block size RFC 2348 allows.
+pub const MIN_BLKSIZE: u16 = 8;
+/// Default wait for an answer before a packet is resent.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default number of resends before a transfer is given up.
+pub const DEFAULT_RETRIES: u32 = 8;
+
+/// A transfer that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TftpError {
+    /// Local socket trouble.
+    #[error("TFTP {what} with {server}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The server.
+        server: SocketAddr,
+        /// What failed.
+        source: io::Error,
+    },
+    /// The server stopped answering (or never answered).
+    #[error("TFTP {what} with {server}: no answer after {retries} retries ({timeout:?} each)")]
+    Timeout {
+        /// What was being done.
+        what: String,
+        /// The server.
+        server: SocketAddr,
+        /// Retries made.
+        retries: u32,
+        /// Wait for each answer.
+        timeout: Duration,
+    },
+    /// The server refused or aborted the transfer.
+    #[error("TFTP {what}: server {server} says: {message} (code {code})")]
+    Remote {
+        /// What was being done.
+        what: String,
+        /// The server.
+        server: SocketAddr,
+        /// TFTP error code (1 = file not found, 2 = access violation, ...).
+        code: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// The server sent something that is not valid TFTP for this transfer.
+    #[error("TFTP {what} with {server}: {message}")]
+    Protocol {
+        /// What was being done.
+        what: String,
+        /// The server.
+        server: SocketAddr,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+impl TftpError {
+    /// Whether the server said the file does not exist (TFTP error code 1),
+    /// which callers treat as "nothing to fetch" rather than a failure.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            TftpError::Remote {
+                code: ERR_NOT_FOUND,
+                ..
+            }
+        )
+    }
+
+    /// Whether the server never answered or stopped answering.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, TftpError::Timeout { .. })
+    }
+}
+
+/// A client for one server. Cheap to clone; every transfer uses its own
+/// socket (its own transfer id).
+#[derive(Debug, Clone)]
+pub struct TftpClient {
+    server: SocketAddr,
+    blksize: u16,
+    timeout: Duration,
+    retries: u32,
+}
+
+#[derive(Debug)]
+enum Packet<'a> {
+    Data(u16, &'a [u8]),
+    Ack(u16),
+    Error(u16, String),
+    OAck(Vec<(String, String)>),
+}
+
+fn parse(buf: &[u8]) -> Option<Packet<'_>> {
+    let (op, rest) = buf.split_first_chunk::<2>()?;
+    let word = |b: &[u8]| b.first_chunk::<2>().map(|w| u16::from_be_bytes(*w));
+    match u16::from_be_bytes(*op) {
+        DATA => Some(Packet::Data(word(rest)?, rest.get(2..)?)),
+        ACK => Some(Packet::Ack(word(rest)?)),
+        ERROR => {
+            let code = word(rest)?;
+            let msg = rest.get(2..)?.split(|&b| b == 0).next().unwrap_or_default();
+            Some(Packet::Error(
+                code,
+                String::from_utf8_lossy(msg).into_owned(),
+            ))
+        }
+        OACK => {
+            let fields: Vec<String> = rest
+                .split(|&b| b == 0)
+                .filter(|f| !f.is_empty())
+                .map(|f| String::from_utf8_lossy(f).to_ascii_lowercase())
+                .collect();
+            Some(Packet::OAck(
+                fields
+                    .chunks_exact(2)
+                    .map(|c| (c[0].clone(), c[1].clone()))
+                    .collect(),
+            ))
+        }
+        _ => None,
+    }
+}
+
+fn request(op: u16, name: &str, options: &[(&str, String)]) -> Vec<u8> {
+    let mut p = op.to_be_bytes().to_vec();
+    for part in [name, "octet"] {
+        p.extend_from_slice(part.as_bytes());
+        p.push(0);
+    }
+    for (k, v) in options {
+        p.extend_from_slice(k.as_bytes());
+        p.push(0);
+        p.extend_from_slice(v.as_bytes());
+        p.push(0);
+    }
+    p
+}
+
+fn ack(block: u16) -> Vec<u8> {
+    let mut p = ACK.to_be_bytes().to_vec();
+    p.extend_from_slice(&block.to_be_bytes());
+    p
+}
+
+fn data(block: u16, chunk: &[u8]) -> Vec<u8> {
+    let mut p = DATA.to_be_bytes().to_vec();
+    p.extend_from_slice(&block.to_be_bytes());
+    p.extend_from_slice(chunk);
+    p
+}
+
+fn error_packet(code: u16, msg: &str) -> Vec<u8> {
+    let mut p = ERROR.to_be_bytes().to_vec();
+    p.extend_from_slice(&code.to_be_bytes());
+    p.extend_from_slice(msg.as_bytes());
+    p.push(0);
+    p
+}
+
+/// What an exchange does with a packet from the server.
+enum Verdict<T> {
+    /// The exchange is over with this outcome.
+    Done(Result<T, Abort>),
+    /// A duplicate of what we already answered: answer it again now.
+    Resend,
+    /// Not for us at this point (a late duplicate): keep waiting.
+    Ignore,
+}
+
+/// A reason to give up on a transfer: sent to the server as an ERROR
+/// packet, returned to the caller as a protocol error.
+struct Abort {
+    code: u16,
+    message: String,
+}
+
+impl Abort {
+    fn new(code: u16, message: impl Into<String>) -> Self {
+        Abort {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The options a server accepted in its OACK.
+#[derive(Debug, Clone, Copy)]
+struct Accepted {
+    blksize: usize,
+    tsize: Option<u64>,
+}
+
+/// Reads an OACK: a blksize is only valid within what we asked for; a
+/// tsize must be a number.
+fn accepted_options(options: &[(String, String)], asked: u16) -> Result<Accepted, Abort> {
+    let mut out = Accepted {
+        blksize: 512,
+        tsize: None,
+    };
+    for (k, v) in options {
+        match k.as_str() {
+            "blksize" => match v.parse::<u16>() {
+                Ok(n) if asked != 512 && (MIN_BLKSIZE..=asked).contains(&n) => {
+                    out.blksize = usize::from(n)
+                }
+                _ => {
+                    return Err(Abort::new(
+                        ERR_OPTIONS,
+                        format!("server answered blksize {v}, asked for at most {asked}"),
+                    ))
+                }
+            },
+            "tsize" => match v.parse::<u64>() {
+                Ok(n) => out.tsize = Some(n),
+                Err(_) => {
+                    return Err(Abort::new(
+                        ERR_OPTIONS,
+                        format!("server answered tsize '{v}', not a number"),
+                    ))
+                }
+            },
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// One transfer's socket and peer bookkeeping.
+struct Transfer<'c> {
+    client: &'c TftpClient,
+    socket: UdpSocket,
+    /// The server's transfer id (address and port), once it answered.
+    peer: Option<SocketAddr>,
+    what: String,
+    buf: Vec<u8>,
+}
+
+impl<'c> Transfer<'c> {
+    fn new(client: &'c TftpClient, what: String) -> Result<Self, TftpError> {
+        let bind = if client.server.is_ipv4() {
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
+        } else {
+            SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
+        };
+        let socket = UdpSocket::bind(bind).map_err(|source| TftpError::Io {
+            what: what.clone(),
+            server: client.server,
+            source,
+        })?;
+        Ok(Transfer {
+            client,
+            socket,
+            peer: None,
+            what,
+            buf: vec![0; usize::from(u16::MAX) + 4],
+        })
+    }
+
+    fn io(&self, source: io::Error) -> TftpError {
+        TftpError::Io {
+            what: self.what.clone(),
+            server: self.client.server,
+            source,
+        }
+    }
+
+    fn send(&self, packet: &[u8]) -> Result<(), TftpError> {
+        let to = self.peer.unwrap_or(self.client.server);
+        self.socket
+            .send_to(packet, to)
+            .map(drop)
+            .map_err(|e| self.io(e))
+    }
+
+    /// Gives up: tells the server (if it answered) and returns the error.
+    fn abort(&self, abort: Abort) -> TftpError {
+        if let Some(peer) = self.peer {
+            // Best effort: the server times out anyway if this is lost.
+            let _ = self
+                .socket
+                .send_to(&error_packet(abort.code, &abort.message), peer);
+        }
+        TftpError::Protocol {
+            what: self.what.clone(),
+            server: self.client.server,
+            message: abort.message,
+        }
+    }
+
+    /// Receives one datagram, waiting at most until `deadline`; `None` on
+    /// timeout.
+    fn recv_until(&mut self, deadline: Instant) -> Result<Option<(usize, SocketAddr)>, TftpError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        self.socket
+            .set_read_timeout(Some(left))
+            .map_err(|e| self.io(e))?;
+        match self.socket.recv_from(&mut self.buf) {
+            Ok(r) => Ok(Some(r)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(None)
+            }
+            // A signal is not a reason to fail a transfer.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => self.recv_until(deadline),
+            Err(e) => Err(self.io(e)),
+        }
+    }
+
+    /// Sends `packet`, then waits for a packet `judge` ends the exchange
+    /// with, resending `packet` when the server is silent for the client's
+    /// timeout (at most `retries` times) or when `judge` sees a duplicate.
+    /// Ignored packets do not extend the wait, so the exchange takes at
+    /// most `(retries + 1) × timeout`.
+    fn exchange<T>(
+        &mut self,
+        packet: &[u8],
+        mut judge: impl FnMut(&Packet<'_>) -> Verdict<T>,
+    ) -> Result<T, TftpError> {
+        self.send(packet)?;
+        let mut retries = 0;
+        let mut deadline = Instant::now() + self.client.timeout;
+        loop {
+            let Some((n, from)) = self.recv_until(deadline)? else {
+                if retries >= self.client.retries {
+                    // Tell a server that is still there but lost us.
+                    let _ = self.abort(Abort::new(ERR_UNDEFINED, "client timed out"));
+                    return Err(TftpError::Timeout {
+                        what: self.what.clone(),
+                        server: self.client.server,
+                        retries: self.client.retries,
+                        timeout: self.client.timeout,
+                    });
+                }
+                retries += 1;
+                self.send(packet)?;
+                deadline = Instant::now() + self.client.timeout;
+                continue;
+            };
+            match self.peer {
+                // The first answer fixes the server's transfer id; it must
+                // come from the server's host.
+                None if from.ip() == self.client.server.ip() => self.peer = Some(from),
+                None => continue,
+                Some(peer) if peer != from => {
+                    let _ = self
+                        .socket
+                        .send_to(&error_packet(ERR_UNKNOWN_TID, "unknown transfer id"), from);
+                    continue;
+                }
+                Some(_) => {}
+            }
+            let Some(p) = parse(&self.buf[..n]) else {
+                return Err(self.abort(Abort::new(ERR_UNDEFINED, "malformed packet")));
+            };
+            if let Packet::Error(code, message) = p {
+                return Err(TftpError::Remote {
+                    what: self.what.clone(),
+                    server: self.client.server,
+                    code,
+                    message,
+                });
+            }
+            match judge(&p) {
+                Verdict::Done(Ok(v)) => return Ok(v),
+                Verdict::Done(Err(a)) => return Err(self.abort(a)),
+                Verdict::Resend => self.send(packet)?,
+                Verdict::Ignore => {}
+            }
+        }
+    }
+}
+
+impl TftpClient {
+    /// A client for `server` with the default block size, timeout and
+    /// retries.
+    pub fn new(server: SocketAddr) -> Self {
+        TftpClient {
+            server,
+            blksize: DEFAULT_BLKSIZE,
+            timeout: DEFAULT_TIMEOUT,
+            retries: DEFAULT_RETRIES,
+        }
+    }
+
+    /// Asks for another block size, clamped to RFC 2348's 8..=65464 (512,
+    /// TFTP's own size, sends no blksize option at all, for servers that
+    /// know no options).
+    pub fn with_blksize(mut self, blksize: u16) -> Self {
+        self.blksize = blksize.clamp(MIN_BLKSIZE, MAX_BLKSIZE);
+        self
+    }
+
+    /// Changes the wait for each answer and how often a packet is resent,
+    /// which together bound how long a silent server is waited for.
+    pub fn with_timeout(mut self, timeout: Duration, retries: u32) -> Self {
+        self.timeout = timeout.max(Duration::from_millis(1));
+        self.retries = retries;
+        self
+    }
+
+    /// The server this client talks to.
+    pub fn server(&self) -> SocketAddr {
+        self.server
+    }
+
+    fn options(&self, tsize: u64) -> Vec<(&'static str, String)> {
+        let mut o = vec![("tsize", tsize.to_string())];
+        if self.blksize != 512 {
+            o.push(("blksize", self.blksize.to_string()));
+        }
+        o
+    }
+
+    /// Downloads `name`.
+    pub fn get(&self, name: &str) -> Result<Vec<u8>, TftpError> {
+        let mut t = Transfer::new(self, format!("GET {name}"))?;
+        let rrq = request(RRQ, name, &self.options(0));
+        let asked = self.blksize;
+        // First answer: OACK (options accepted) or DATA 1 (options ignored).
+        enum First {
+            Options(Accepted),
+            Block(Vec<u8>),
+        }
+        let first = t.exchange(&rrq, |p| match p {
+            Packet::OAck(opts) => Verdict::Done(accepted_options(opts, asked).map(First::Options)),
+            Packet::Data(1, chunk) => Verdict::Done(Ok(First::Block(chunk.to_vec()))),
+            _ => Verdict::Ignore,
+        })?;
+        let mut out = Vec::new();
+        let (opts, mut next, mut last_ack) = match first {
+            First::Options(a) => {
+                if let Some(n) = a.tsize {
+                    // A size hint only: never trusted for an allocation
+                    // beyond a sane bound.
+                    out.reserve(usize::try_from(n.min(1 << 26)).unwrap_or(0));
+                }
+                (a, 1u16, ack(0))
+            }
+            First::Block(chunk) => {
+                let opts = Accepted {
+                    blksize: 512,
+                    tsize: None,
+                };
+                if chunk.len() > opts.blksize {
+                    return Err(t.abort(Abort::new(
+                        ERR_UNDEFINED,
+                        format!("block 1 holds {} bytes, more than 512", chunk.len()),
+                    )));
+                }
+                let done = chunk.len() < opts.blksize;
+                out.extend_from_slice(&chunk);
+                if done {
+                    t.send(&ack(1))?;
+                    return Ok(out);
+                }
+                (opts, 2u16, ack(1))
+            }
+        };
+        loop {
+            let expected = next;
+            let previous = expected.wrapping_sub(1);
+            let blksize = opts.blksize;
+            let chunk = t.exchange(&last_ack, |p| match p {
+                Packet::Data(b, chunk) if *b == expected => {
+                    if chunk.len() > blksize {
+                        Verdict::Done(Err(Abort::new(
+                            ERR_UNDEFINED,
+                            format!(
+                                "block {b} holds {} bytes, more than the block size {blksize}",
+                                chunk.len()
+                            ),
+                        )))
+                    } else {
+                        Verdict::Done(Ok(chunk.to_vec()))
+                    }
+                }
+                // Our ACK was lost and the server resent the block we had.
+                Packet::Data(b, _) if *b == previous => Verdict::Resend,
+                _ => Verdict::Ignore,
+            })?;
+            out.extend_from_slice(&chunk);
+            last_ack = ack(expected);
+            if chunk.len() < blksize {
+                t.send(&last_ack)?;
+                if let Some(n) = opts.tsize.filter(|&n| n != 0 && n != out.len() as u64) {
+                    return Err(t.abort(Abort::new(
+                        ERR_UNDEFINED,
+                        format!("server announced {n} bytes but sent {}", out.len()),
+                    )));
+                }
+                return Ok(out);
+            }
+            next = next.wrapping_add(1);
+        }
+    }
+
+    /// Uploads `contents` as `name`.
+    pub fn put(&self, name: &str, contents: &[u8]) -> Result<(), TftpError> {
+        let mut t = Transfer::new(self, format!("PUT {name}"))?;
+        let wrq = request(WRQ, name, &self.options(contents.len() as u64));
+        let asked = self.blksize;
+        let blksize = t.exchange(&wrq, |p| match p {
+            Packet::OAck(opts) => Verdict::Done(accepted_options(opts, asked).map(|a| a.blksize)),
+            Packet::Ack(0) => Verdict::Done(Ok(512)),
+            _ => Verdict::Ignore,
+        })?;
+        let mut block: u16 = 1;
+        let mut offset = 0;
+        loop {
+            let end = (offset + blksize).min(contents.len());
+            let packet = data(block, &contents[offset..end]);
+            let expected = block;
+            // A duplicate ACK of the previous block is ignored, never
+            // answered with a resend (sorcerer's apprentice).
+            t.exchange(&packet, |p| match p {
+                Packet::Ack(b) if *b == expected => Verdict::Done(Ok(())),
+                _ => Verdict::Ignore,
+            })?;
+            // The last block is the first one shorter than blksize (an
+            // empty one when the size is a multiple of it).
+            if end - offset < blksize {
+                return Ok(());
+            }
+            offset = end;
+            block = block.wrapping_add(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_packets_and_rejects_short_ones() {
+        assert!(parse(&[]).is_none());
+        assert!(parse(&[0, 3, 0]).is_none());
+        assert!(parse(&[0, 9, 0, 1]).is_none());
+        assert!(matches!(
+            parse(&[0, 3, 0, 7, b'x']),
+            Some(Packet::Data(7, b"x"))
+        ));
+        assert!(matches!(parse(&[0, 4, 1, 0]), Some(Packet::Ack(256))));
+        match parse(b"\x00\x05\x00\x01nope\x00") {
+            Some(Packet::Error(1, m)) => assert_eq!(m, "nope"),
+            other => panic!("{other:?}"),
+        }
+        match parse(b"\x00\x06BLKSIZE\x001024\x00tsize\x00") {
+            Some(Packet::OAck(o)) => assert_eq!(o, [("blksize".into(), "1024".into())]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn option_answers_are_checked() {
+        let o = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        assert_eq!(
+            accepted_options(&o("blksize", "1024"), 1428)
+                .ok()
+                .map(|a| a.blksize),
+            Some(1024)
+        );
+        assert!(accepted_options(&o("blksize", "2000"), 1428).is_err());
+        assert!(accepted_options(&o("blksize", "1024"), 512).is_err());
+        assert!(accepted_options(&o("blksize", "x"), 1428).is_err());
+        assert_eq!(
+            accepted_options(&o("tsize", "77"), 512)
+                .ok()
+                .and_then(|a| a.tsize),
+            Some(77)
+        );
+        assert!(accepted_options(&o("tsize", "-1"), 512).is_err());
+        assert_eq!(
+            accepted_options(&[], 1428).ok().map(|a| a.blksize),
+            Some(512)
+        );
+    }
+
+    #[test]
+    fn blksize_is_clamped() {
+        let c = TftpClient::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 69)));
+        assert_eq!(c.clone().with_blksize(1).blksize, MIN_BLKSIZE);
+        assert_eq!(c.with_blksize(u16::MAX).blksize, MAX_BLKSIZE);
+    }
+}

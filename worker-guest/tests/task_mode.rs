@@ -1,0 +1,320 @@
+//! `worker-guest task` end to end on the host, without a VM: a real TFTP
+//! server (the `async-tftp` crate's) serves the task manifest, the binary
+//! clones the generated fixture repository, builds boards × commits with
+//! the toolchains it finds on PATH, and uploads the result manifest; plus
+//! the error paths that must still upload a result (or fail in bounded
+//! time when there is nobody to upload to).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::fixture::{Fixture, BROKEN_COMMIT};
+use common::tftp::{wait_for_file, AsyncTftpServer};
+use common::{worker_bin, TestDir};
+use manifests::{Document, ResultManifest, ResultStatus};
+
+/// Runs `worker-guest task` against `server` with `HOME` in `home` (no
+/// ~/.buildman there: toolchains come from PATH).
+fn run_task(server: &str, work: &Path, home: &Path, extra: &[&str]) -> Output {
+    Command::new(worker_bin())
+        .args(["task", "--tftp", server, "--work-dir"])
+        .arg(work)
+        .args(["-T", "2"])
+        .args(extra)
+        .env("HOME", home)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run worker-guest task")
+}
+
+/// The uploaded result: the served `manifest` is overwritten by the PUT;
+/// wait until the file parses as a result and stops changing (the server
+/// may finish writing just after acknowledging the last block).
+fn uploaded_result(dir: &Path) -> ResultManifest {
+    let path = dir.join("manifest");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last: Option<Vec<u8>> = None;
+    loop {
+        let bytes = wait_for_file(&path, Duration::from_secs(10), |b| {
+            ResultManifest::parse(b, "result").is_ok()
+        });
+        if last.as_ref() == Some(&bytes) {
+            return ResultManifest::parse(&bytes, "result").expect("result parses");
+        }
+        last = Some(bytes);
+        assert!(Instant::now() < deadline, "result kept changing");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "status {}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn builds_boards_at_every_commit_and_uploads_the_result() {
+    let dir = TestDir::new("task-e2e");
+    let fx = Fixture::create(&dir.path.join("src"));
+    let tftp = dir.path.join("tftp");
+    let server = AsyncTftpServer::start(&tftp);
+    // Commits 1..=3 of the fixture: commit_upto 1 is the broken one.
+    let commits = &fx.commits[1..];
+    assert_eq!(BROKEN_COMMIT - 1, 1);
+    let mut task = format!(
+        ": 1\nname: u-boot-fixture\nversion: 2026.01-rc1\nrepository-url: {}#{}\n\
+         machine: debian-12-x86_64\ntarget: x86_64-linux-gnu\n\
+         worker-checksum: wc-123\ndependency-checksum: dc-456\n",
+        fx.dir.display(),
+        fx.branch
+    );
+    for c in commits {
+        task.push_str(&format!("commit: {c}\n"));
+    }
+    for b in [
+        "sandbox sandbox",
+        "sandbox_warn sandbox",
+        "sandbox_broken sandbox",
+        "qemu_arm64 aarch64",
+        "m68k_board m68k",
+    ] {
+        task.push_str(&format!("board: {b}\n"));
+    }
+    task.push_str("build-setting: no_lto=true\n");
+    std::fs::write(tftp.join("manifest"), &task).expect("write task");
+
+    let out = run_task(
+        &server.addr.to_string(),
+        &dir.path.join("work"),
+        &dir.path,
+        &[],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let r = uploaded_result(&tftp);
+
+    assert_eq!(
+        (r.name.as_str(), r.version.as_str()),
+        ("u-boot-fixture", "2026.01-rc1")
+    );
+    assert_eq!(r.worker_checksum.as_deref(), Some("wc-123"));
+    assert_eq!(r.dependency_checksum.as_deref(), Some("dc-456"));
+    assert_eq!(r.operations.len(), 5 * commits.len(), "{r:#?}");
+    // The missing m68k toolchain is the worst: abort.
+    assert_eq!(r.status, ResultStatus::Abort);
+    let op = |name: &str| {
+        r.operation(name)
+            .unwrap_or_else(|| panic!("no operation {name} in {r:#?}"))
+    };
+    let log = |name: &str| op(name).log.clone().unwrap_or_default();
+    for upto in 0..commits.len() {
+        for board in ["sandbox", "qemu_arm64"] {
+            let name = format!("{board}@{upto}");
+            assert_eq!(
+                op(&name).status,
+                ResultStatus::Success,
+                "{name}: {}",
+                log(&name)
+            );
+            let l = log(&name);
+            let sizes = l.split_once("sizes:\n").map(|(_, s)| s).unwrap_or_default();
+            // `size` output without its header: text data bss dec hex file.
+            let words: Vec<&str> = sizes.split_whitespace().collect();
+            assert!(
+                words.len() >= 6
+                    && words[..4].iter().all(|w| w.parse::<u64>().is_ok())
+                    && words[5] == "u-boot",
+                "{name}: {l}"
+            );
+        }
+        let name = format!("sandbox_warn@{upto}");
+        assert_eq!(
+            op(&name).status,
+            ResultStatus::Warning,
+            "{name}: {}",
+            log(&name)
+        );
+        assert!(
+            log(&name).contains("warning: unused variable"),
+            "{}",
+            log(&name)
+        );
+        assert!(log(&name).contains("sizes:\n"), "{}", log(&name));
+        let name = format!("m68k_board@{upto}");
+        assert_eq!(op(&name).status, ResultStatus::Abort, "{name}");
+        assert!(
+            log(&name).contains("No tool chain found for arch 'm68k'"),
+            "{}",
+            log(&name)
+        );
+        let name = format!("sandbox_broken@{upto}");
+        if upto == 1 {
+            assert_eq!(
+                op(&name).status,
+                ResultStatus::Error,
+                "{name}: {}",
+                log(&name)
+            );
+            let l = log(&name);
+            assert!(
+                l.contains("board/fixture/sandbox_broken/board.c") && l.contains("error"),
+                "{l}"
+            );
+            assert!(!l.contains("sizes:"), "a failed build has no sizes: {l}");
+        } else {
+            assert_eq!(
+                op(&name).status,
+                ResultStatus::Success,
+                "{name}: {}",
+                log(&name)
+            );
+        }
+    }
+    // The aarch64 board really was cross-built (the fixture Makefile
+    // refuses a compiler that does not target aarch64).
+    assert!(!log("qemu_arm64@0").contains("does not build for aarch64"));
+}
+
+#[test]
+fn head_of_the_ref_is_built_once_without_commits() {
+    let dir = TestDir::new("task-head");
+    let fx = Fixture::create(&dir.path.join("src"));
+    // A branch at commit 2 (broken sandbox_broken): `#<ref>` must pick it.
+    common::fixture::git(
+        &fx.dir,
+        &["branch", "at-broken", &fx.commits[BROKEN_COMMIT]],
+    );
+    let tftp = dir.path.join("tftp");
+    let server = AsyncTftpServer::start(&tftp);
+    let task = format!(
+        ": 1\nname: fx\nversion: 1\nrepository-url: file://{}#at-broken\nmachine: m\n\
+         target: t\nboard: sandbox_broken sandbox\nboard: sandbox sandbox\n",
+        fx.dir.display()
+    );
+    std::fs::write(tftp.join("manifest"), task).expect("write task");
+    let out = run_task(
+        &server.addr.to_string(),
+        &dir.path.join("work"),
+        &dir.path,
+        &[],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let r = uploaded_result(&tftp);
+    let names: Vec<&str> = r.operations.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["sandbox_broken@0", "sandbox@0"]);
+    assert_eq!(r.operations[0].status, ResultStatus::Error, "{r:#?}");
+    assert_eq!(r.operations[1].status, ResultStatus::Success, "{r:#?}");
+    assert_eq!(r.status, ResultStatus::Error);
+}
+
+#[test]
+fn bad_task_manifests_give_an_abnormal_result() {
+    let dir = TestDir::new("task-bad-manifest");
+    let tftp = dir.path.join("tftp");
+    let server = AsyncTftpServer::start(&tftp);
+
+    // Well-formed text, invalid task: a commit that is no hash (line 7).
+    let task = ": 1\nname: fx\nversion: 1.2\nrepository-url: file:///nowhere\nmachine: m\n\
+                target: t\ncommit: not-a-hash\nboard: sandbox sandbox\n";
+    std::fs::write(tftp.join("manifest"), task).expect("write task");
+    let out = run_task(
+        &server.addr.to_string(),
+        &dir.path.join("w1"),
+        &dir.path,
+        &[],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let r = uploaded_result(&tftp);
+    assert_eq!(r.status, ResultStatus::Abnormal);
+    assert_eq!((r.name.as_str(), r.version.as_str()), ("fx", "1.2"));
+    let log = r
+        .operation("worker")
+        .and_then(|o| o.log.clone())
+        .unwrap_or_default();
+    assert!(log.contains("manifest:7:"), "{log}");
+    assert!(log.contains("invalid 'commit' value"), "{log}");
+
+    // Not a manifest at all.
+    std::fs::write(tftp.join("manifest"), "\u{1}garbage\n").expect("write task");
+    let out = run_task(
+        &server.addr.to_string(),
+        &dir.path.join("w2"),
+        &dir.path,
+        &[],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let r = uploaded_result(&tftp);
+    assert_eq!(r.status, ResultStatus::Abnormal);
+    assert_eq!(
+        (r.name.as_str(), r.version.as_str()),
+        ("unknown", "unknown")
+    );
+    let log = r
+        .operation("worker")
+        .and_then(|o| o.log.clone())
+        .unwrap_or_default();
+    assert!(log.contains("invalid task manifest: manifest:1:"), "{log}");
+}
+
+#[test]
+fn unreachable_repository_gives_an_abnormal_result_with_gits_error() {
+    let dir = TestDir::new("task-no-repo");
+    let tftp = dir.path.join("tftp");
+    let server = AsyncTftpServer::start(&tftp);
+    let missing = dir.path.join("no-such-repo.git");
+    let task = format!(
+        ": 1\nname: fx\nversion: 3\nrepository-url: {}\nmachine: m\ntarget: t\n\
+         board: sandbox sandbox\nworker-checksum: w\n",
+        missing.display()
+    );
+    std::fs::write(tftp.join("manifest"), task).expect("write task");
+    let out = run_task(
+        &server.addr.to_string(),
+        &dir.path.join("work"),
+        &dir.path,
+        &[],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let r = uploaded_result(&tftp);
+    assert_eq!(r.status, ResultStatus::Abnormal);
+    assert_eq!((r.name.as_str(), r.version.as_str()), ("fx", "3"));
+    assert_eq!(r.worker_checksum.as_deref(), Some("w"));
+    let log = r
+        .operation("worker")
+        .and_then(|o| o.log.clone())
+        .unwrap_or_default();
+    assert!(log.contains("cannot get the source: git clone"), "{log}");
+    assert!(
+        log.contains("fatal:") && log.contains("no-such-repo.git"),
+        "{log}"
+    );
+}
+
+#[test]
+fn no_server_means_failure_in_bounded_time() {
+    let dir = TestDir::new("task-no-server");
+    // A port that is bound but never read: requests go nowhere.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("addr").to_string();
+    let start = Instant::now();
+    let out = run_task(
+        &addr,
+        &dir.path.join("work"),
+        &dir.path,
+        &["--tftp-timeout", "0.3", "--tftp-retries", "2"],
+    );
+    let took = start.elapsed();
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no answer after 2 retries"), "{stderr}");
+    assert!(
+        !dir.path.join("work").exists(),
+        "nothing cloned without a task"
+    );
+}

@@ -1,0 +1,166 @@
+//! The guest's TFTP client against real servers: the `async-tftp` crate's
+//! and tftpd-hpa's `in.tftpd`. GET and PUT at TFTP's own 512-byte blocks
+//! and at larger negotiated ones, sizes at and around block multiples,
+//! empty files, a transfer long enough to wrap the 16-bit block number,
+//! missing files, and a server that never answers.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::tftp::{noise, wait_for_file, AsyncTftpServer, HpaServer};
+use common::TestDir;
+use worker_guest::tftp_client::{TftpClient, TftpError};
+
+/// Sizes that hit every end-of-transfer case for block sizes 512 and 1428:
+/// empty, short, exact multiples (a final empty block), one over.
+const SIZES: [usize; 9] = [0, 1, 511, 512, 513, 1024, 1428, 1428 * 3, 100_003];
+
+fn round_trips(server: SocketAddr, dir: &Path, blksize: u16) {
+    let client = TftpClient::new(server)
+        .with_blksize(blksize)
+        .with_timeout(Duration::from_millis(500), 4);
+    for (i, &size) in SIZES.iter().enumerate() {
+        let data = noise(size, i as u32 + u32::from(blksize));
+        let name = format!("get-{blksize}-{size}");
+        std::fs::write(dir.join(&name), &data).expect("write served file");
+        let got = client
+            .get(&name)
+            .unwrap_or_else(|e| panic!("GET {name}: {e}"));
+        assert!(
+            got == data,
+            "GET {name}: {} bytes back, {size} served",
+            got.len()
+        );
+
+        let name = format!("put-{blksize}-{size}");
+        client
+            .put(&name, &data)
+            .unwrap_or_else(|e| panic!("PUT {name}: {e}"));
+        wait_for_file(&dir.join(&name), Duration::from_secs(5), |b| b == data);
+    }
+}
+
+fn not_found(server: SocketAddr) {
+    let err = TftpClient::new(server)
+        .with_timeout(Duration::from_millis(500), 4)
+        .get("no-such-file")
+        .expect_err("a missing file is an error");
+    assert!(err.is_not_found(), "{err}");
+    assert!(err.to_string().contains("GET no-such-file"), "{err}");
+}
+
+/// 65,600 blocks of 512 bytes: the block number passes 65535 and wraps.
+fn wrapping(server: SocketAddr, dir: &Path) {
+    let size = 65_600 * 512 + 17;
+    let data = noise(size, 7);
+    std::fs::write(dir.join("big"), &data).expect("write big file");
+    let client = TftpClient::new(server)
+        .with_blksize(512)
+        .with_timeout(Duration::from_secs(1), 4);
+    let got = client.get("big").expect("GET big");
+    assert!(got == data, "GET big: {} bytes back of {size}", got.len());
+    client.put("big-up", &data).expect("PUT big-up");
+    wait_for_file(&dir.join("big-up"), Duration::from_secs(10), |b| b == data);
+}
+
+#[test]
+fn async_tftp_server() {
+    let dir = TestDir::new("tftp-async");
+    let server = AsyncTftpServer::start(&dir.path);
+    round_trips(server.addr, &dir.path, 512);
+    round_trips(server.addr, &dir.path, 1428);
+    round_trips(server.addr, &dir.path, 8192);
+    not_found(server.addr);
+}
+
+#[test]
+fn async_tftp_server_block_number_wrap() {
+    let dir = TestDir::new("tftp-async-wrap");
+    let server = AsyncTftpServer::start(&dir.path);
+    wrapping(server.addr, &dir.path);
+}
+
+#[test]
+fn tftpd_hpa() {
+    let dir = TestDir::new("tftp-hpa");
+    let server = HpaServer::start(&dir.path);
+    round_trips(server.addr, &dir.path, 512);
+    round_trips(server.addr, &dir.path, 1428);
+    round_trips(server.addr, &dir.path, 8192);
+    not_found(server.addr);
+}
+
+#[test]
+fn tftpd_hpa_block_number_wrap() {
+    let dir = TestDir::new("tftp-hpa-wrap");
+    let server = HpaServer::start(&dir.path);
+    wrapping(server.addr, &dir.path);
+}
+
+#[test]
+fn silent_server_times_out_in_bounded_time() {
+    // Bound but never read: requests vanish, as with a dead agent.
+    let silent = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("addr");
+    let client = TftpClient::new(addr).with_timeout(Duration::from_millis(200), 3);
+    let start = Instant::now();
+    let err = client.get("manifest").expect_err("no answer");
+    let took = start.elapsed();
+    assert!(err.is_timeout(), "{err}");
+    assert!(
+        matches!(err, TftpError::Timeout { retries: 3, .. }),
+        "{err}"
+    );
+    // 4 waits of 200 ms, with slack for a loaded machine.
+    assert!(
+        took >= Duration::from_millis(750) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    let err = client.put("manifest", b"x").expect_err("no answer");
+    assert!(err.is_timeout(), "{err}");
+}
+
+#[test]
+fn answers_from_a_foreign_port_are_refused() {
+    // A server that answers the request from one port, then sends data
+    // from another: the second is not our transfer and must not be taken.
+    let server = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let handle = std::thread::spawn(move || {
+        let mut buf = [0u8; 600];
+        let (_, client) = server.recv_from(&mut buf).expect("RRQ");
+        let tid1 = UdpSocket::bind("127.0.0.1:0").expect("bind tid1");
+        let tid2 = UdpSocket::bind("127.0.0.1:0").expect("bind tid2");
+        // Options refused: plain DATA 1 of a 512-byte block.
+        let mut block = vec![0, 3, 0, 1];
+        block.resize(4 + 512, b'a');
+        tid1.send_to(&block, client).expect("DATA 1");
+        let (n, _) = tid1.recv_from(&mut buf).expect("ACK 1");
+        assert_eq!(&buf[..n], &[0, 4, 0, 1]);
+        // An impostor sends the last block first ...
+        tid2.send_to(&[0, 3, 0, 2, b'X'], client)
+            .expect("impostor DATA 2");
+        let (n, _) = tid2.recv_from(&mut buf).expect("error to impostor");
+        assert_eq!(
+            &buf[..4],
+            &[0, 5, 0, 5],
+            "unknown transfer id error: {:?}",
+            &buf[..n]
+        );
+        // ... then the real server does.
+        tid1.send_to(&[0, 3, 0, 2, b'b'], client).expect("DATA 2");
+        let (n, _) = tid1.recv_from(&mut buf).expect("ACK 2");
+        assert_eq!(&buf[..n], &[0, 4, 0, 2]);
+    });
+    let got = TftpClient::new(addr)
+        .with_timeout(Duration::from_secs(2), 2)
+        .get("f")
+        .expect("GET f");
+    handle.join().expect("fake server");
+    let mut want = vec![b'a'; 512];
+    want.push(b'b');
+    assert_eq!(got, want);
+}
