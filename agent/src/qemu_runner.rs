@@ -369,9 +369,7 @@ impl MachineRunner for QemuRunner {
         fs::write(get.join(MANIFEST), text)
             .map_err(|e| RunnerError::Failed(format!("{}: {e}", get.display())))?;
         let machine = &job.machine.machine;
-        let mac = machine
-            .mac
-            .unwrap_or_else(|| MacAddress::locally_administered(name_bytes(&machine.header.name)));
+        let mac = machine_mac(machine);
         let outcome = self.session(
             Phase::Task,
             machine,
@@ -397,6 +395,15 @@ impl MachineRunner for QemuRunner {
         }
         outcome
     }
+}
+
+/// The MAC address a machine's guests get: the one recorded at bootstrap,
+/// or one derived from the machine name (stable across tasks) when the
+/// manifest has none.
+pub fn machine_mac(machine: &MachineManifest) -> MacAddress {
+    machine
+        .mac
+        .unwrap_or_else(|| MacAddress::locally_administered(name_bytes(&machine.header.name)))
 }
 
 /// Six bytes derived from a machine name, for a stable MAC when the

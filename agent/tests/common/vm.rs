@@ -30,23 +30,38 @@ pub fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// The worker-guest binary of this build (built on demand: cargo only
-/// guarantees this package's binaries for its tests).
+/// The worker-guest binary of this source tree. Built by a nested cargo
+/// into a target directory of its own: cargo only builds this package's
+/// binaries for its tests, and it holds the lock on its target directory
+/// while tests run, so building into the same one would wait forever.
 pub fn worker_guest_binary() -> PathBuf {
     let exe = Path::new(env!("CARGO_BIN_EXE_bbot-agent"));
-    let dir = exe.parent().expect("binary directory");
-    let wg = dir.join("worker-guest");
-    let release = dir.file_name().is_some_and(|n| n == "release");
+    let release = exe
+        .parent()
+        .and_then(Path::file_name)
+        .is_some_and(|n| n == "release");
+    let nested = target_dir().join("vm-tests");
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cargo
-        .args(["build", "-q", "-p", "worker-guest", "--bin", "worker-guest"])
-        .env("CARGO_TARGET_DIR", target_dir())
+        .args([
+            "build",
+            "-q",
+            "--locked",
+            "-p",
+            "worker-guest",
+            "--bin",
+            "worker-guest",
+        ])
+        .env("CARGO_TARGET_DIR", &nested)
         .current_dir(workspace());
     if release {
         cargo.arg("--release");
     }
     let st = cargo.status().expect("run cargo build -p worker-guest");
     assert!(st.success(), "cargo build -p worker-guest failed");
+    let wg = nested
+        .join(if release { "release" } else { "debug" })
+        .join("worker-guest");
     assert!(wg.is_file(), "{} missing after the build", wg.display());
     wg
 }
