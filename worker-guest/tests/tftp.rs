@@ -164,3 +164,93 @@ fn answers_from_a_foreign_port_are_refused() {
     want.push(b'b');
     assert_eq!(got, want);
 }
+
+/// A hand-driven server socket for one transfer with a short read timeout.
+fn fake_tid() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    s
+}
+
+#[test]
+fn lost_acks_are_repaired_at_once_on_duplicates() {
+    // The server "loses" the client's ACK 0 and ACK 1 and resends the OACK
+    // and DATA 1: the client must answer each duplicate immediately, not
+    // after its own (here 5 s) timeout.
+    let server = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let handle = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let (_, client) = server.recv_from(&mut buf).expect("RRQ");
+        let tid = fake_tid();
+        let oack = b"\x00\x06blksize\x001024\x00";
+        for _ in 0..2 {
+            tid.send_to(oack, client).expect("OACK");
+            let (n, _) = tid.recv_from(&mut buf).expect("ACK 0");
+            assert_eq!(&buf[..n], &[0, 4, 0, 0]);
+        }
+        let mut block = vec![0, 3, 0, 1];
+        block.resize(4 + 1024, b'z');
+        for _ in 0..2 {
+            tid.send_to(&block, client).expect("DATA 1");
+            let (n, _) = tid.recv_from(&mut buf).expect("ACK 1");
+            assert_eq!(&buf[..n], &[0, 4, 0, 1]);
+        }
+        tid.send_to(&[0, 3, 0, 2], client)
+            .expect("DATA 2 (empty, last)");
+        let (n, _) = tid.recv_from(&mut buf).expect("ACK 2");
+        assert_eq!(&buf[..n], &[0, 4, 0, 2]);
+    });
+    let start = Instant::now();
+    let got = TftpClient::new(addr)
+        .with_blksize(1024)
+        .with_timeout(Duration::from_secs(5), 2)
+        .get("f")
+        .expect("GET f");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    handle.join().expect("fake server");
+    assert_eq!(got, vec![b'z'; 1024]);
+}
+
+#[test]
+fn duplicate_acks_never_trigger_a_resend() {
+    // Sorcerer's apprentice: a delayed duplicate ACK 1 must not make the
+    // client send DATA 2 twice.
+    let server = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let handle = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let (_, client) = server.recv_from(&mut buf).expect("WRQ");
+        let tid = fake_tid();
+        tid.send_to(&[0, 4, 0, 0], client)
+            .expect("ACK 0 (no options)");
+        let (n, _) = tid.recv_from(&mut buf).expect("DATA 1");
+        assert_eq!((n, &buf[..4]), (4 + 512, &[0u8, 3, 0, 1][..]));
+        tid.send_to(&[0, 4, 0, 1], client).expect("ACK 1");
+        tid.send_to(&[0, 4, 0, 1], client).expect("duplicate ACK 1");
+        let (n, _) = tid.recv_from(&mut buf).expect("DATA 2");
+        assert_eq!(&buf[..n], &[0, 3, 0, 2, b'y']);
+        tid.send_to(&[0, 4, 0, 2], client).expect("ACK 2");
+        // Nothing more may come: no second DATA 2.
+        tid.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        let extra = tid.recv_from(&mut buf).map(|(n, _)| buf[..n].to_vec());
+        assert!(
+            extra.is_err(),
+            "unexpected packet after the last ACK: {extra:?}"
+        );
+    });
+    let mut data = vec![b'x'; 512];
+    data.push(b'y');
+    TftpClient::new(addr)
+        .with_blksize(512)
+        .with_timeout(Duration::from_secs(5), 2)
+        .put("f", &data)
+        .expect("PUT f");
+    handle.join().expect("fake server");
+}
