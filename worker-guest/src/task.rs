@@ -248,4 +248,24 @@ mod tests {
         let b = BuildSettings::from_json(&map);
         assert!(b.no_lto && !b.mrproper);
     }
+
+    #[test]
+    fn a_task_without_boards_is_abnormal_before_cloning() {
+        let work = std::env::temp_dir().join(format!("task-noboard-{}", std::process::id()));
+        let opts = TaskOptions {
+            work_dir: work.clone(),
+            nthreads: 1,
+            settings_file: None,
+            search_path: OsString::new(),
+        };
+        let raw = b": 1\nname: fx\nversion: 1\nrepository-url: file:///x\nmachine: m\ntarget: t\n";
+        let r = perform(raw, &opts);
+        assert_eq!(r.status, manifests::ResultStatus::Abnormal);
+        let log = r
+            .operation("worker")
+            .and_then(|o| o.log.clone())
+            .unwrap_or_default();
+        assert!(log.contains("names no board"), "{log}");
+        assert!(!work.exists(), "nothing cloned");
+    }
 }
