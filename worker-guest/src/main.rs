@@ -200,6 +200,9 @@ fn task_mode(args: TaskArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.tftp.debug, "info");
     kill_group_on_signals(group).context("setting up signal handling")?;
     let client = tftp_client(&args.tftp)?;
+    if let Some(p) = args.config_file.as_ref().filter(|p| !p.exists()) {
+        anyhow::bail!("settings file {} does not exist", p.display());
+    }
     let settings_path = args
         .config_file
         .clone()

@@ -336,4 +336,34 @@ mod tests {
         );
         assert!(big.contains("worker-guest cut"), "marker present");
     }
+
+    #[test]
+    fn a_huge_log_fits_the_real_cap() {
+        // 20 MiB of 200-column lines with control characters (escaped,
+        // so the text grows when serialized).
+        let line: String = "\x01".to_string() + &"y".repeat(199) + "\n";
+        let log = line.repeat(20 * 1024 * 1024 / 200);
+        let mut r = ResultManifest::new("n", "v");
+        r.push_operation(OperationResult {
+            name: "big@0".into(),
+            status: ResultStatus::Error,
+            log: Some(sanitize_text(&log)),
+        });
+        r.push_operation(OperationResult {
+            name: "small@0".into(),
+            status: ResultStatus::Success,
+            log: Some("fine\n".into()),
+        });
+        let text = to_text_within(&mut r, MAX_RESULT_BYTES).unwrap();
+        assert!(text.len() <= MAX_RESULT_BYTES, "{}", text.len());
+        assert!(
+            text.len() > MAX_RESULT_BYTES / 2,
+            "not cut more than needed: {}",
+            text.len()
+        );
+        assert_eq!(
+            r.operation("small@0").unwrap().log.as_deref(),
+            Some("fine\n")
+        );
+    }
 }
