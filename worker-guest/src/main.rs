@@ -195,24 +195,40 @@ fn tftp_client(args: &TftpArgs) -> anyhow::Result<TftpClient> {
     ))
 }
 
+/// The settings file of the task mode: `-G FILE` (which must exist), else
+/// `~/.buildman` when it exists, else none (toolchains found on PATH).
+fn task_settings(explicit: Option<&std::path::Path>) -> anyhow::Result<Option<BuildmanSettings>> {
+    if let Some(p) = explicit.filter(|p| !p.exists()) {
+        anyhow::bail!("settings file {} does not exist", p.display());
+    }
+    let path = explicit
+        .map(std::path::Path::to_path_buf)
+        .or_else(|| BuildmanSettings::default_path().filter(|p| p.exists()));
+    match path {
+        Some(p) => {
+            tracing::info!("toolchains and make flags from {}", p.display());
+            Ok(Some(
+                BuildmanSettings::load(&p).context("reading the settings file")?,
+            ))
+        }
+        None => Ok(None),
+    }
+}
+
 fn task_mode(args: TaskArgs) -> anyhow::Result<ExitCode> {
     let group = ProcessGroup::become_leader();
     init_logging(args.tftp.debug, "info");
     kill_group_on_signals(group).context("setting up signal handling")?;
     let client = tftp_client(&args.tftp)?;
-    if let Some(p) = args.config_file.as_ref().filter(|p| !p.exists()) {
-        anyhow::bail!("settings file {} does not exist", p.display());
-    }
-    let settings_path = args
-        .config_file
-        .clone()
-        .or_else(|| BuildmanSettings::default_path().filter(|p| p.exists()));
-    let settings_file = match &settings_path {
-        Some(p) => {
-            tracing::info!("toolchains and make flags from {}", p.display());
-            Some(BuildmanSettings::load(p)?)
+    let settings_file = match task_settings(args.config_file.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            // Still a result for the agent: the task failed, and why.
+            let error = format!("{e:#}");
+            tracing::error!("{error}");
+            task::report_failure(&client, &error).context("no result uploaded")?;
+            return Ok(ExitCode::SUCCESS);
         }
-        None => None,
     };
     let opts = task::TaskOptions {
         work_dir: args.work_dir,

@@ -87,6 +87,26 @@ pub fn run_task(client: &TftpClient, opts: &TaskOptions) -> Result<ResultManifes
     upload(client, result)
 }
 
+/// Reports a failure of the guest's own set-up (an unreadable settings
+/// file, say) as the task's result: the task is fetched only to name it,
+/// and an abnormal result saying `error` is uploaded. An error only when
+/// nothing could be uploaded.
+pub fn report_failure(client: &TftpClient, error: &str) -> Result<ResultManifest, TaskError> {
+    use manifests::Document;
+    let base = match client.get(MANIFEST) {
+        Ok(raw) => match TaskManifest::parse(&raw, MANIFEST) {
+            Ok(task) => results::result_for(&task),
+            Err(_) => {
+                let (name, version) = results::identity_of_raw(&raw);
+                ResultManifest::new(name, version)
+            }
+        },
+        Err(e) if e.is_timeout() => return Err(TaskError::Fetch(e)),
+        Err(_) => ResultManifest::new("unknown", "unknown"),
+    };
+    upload(client, results::abnormal_result(base, error))
+}
+
 /// Serializes (within the size cap) and uploads a result.
 pub fn upload(
     client: &TftpClient,

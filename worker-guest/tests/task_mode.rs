@@ -318,3 +318,30 @@ fn no_server_means_failure_in_bounded_time() {
         "nothing cloned without a task"
     );
 }
+
+#[test]
+fn a_missing_settings_file_still_gives_a_result() {
+    let dir = TestDir::new("task-no-settings");
+    let tftp = dir.path.join("tftp");
+    let server = AsyncTftpServer::start(&tftp);
+    let task = ": 1\nname: fx\nversion: 4\nrepository-url: file:///x\nmachine: m\ntarget: t\n\
+                board: sandbox sandbox\ndependency-checksum: d\n";
+    std::fs::write(tftp.join("manifest"), task).expect("write task");
+    let missing = dir.path.join("no.buildman");
+    let out = run_task(
+        &server.addr.to_string(),
+        &dir.path.join("work"),
+        &dir.path,
+        &["-G", &missing.to_string_lossy()],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let r = uploaded_result(&tftp);
+    assert_eq!(r.status, ResultStatus::Abnormal);
+    assert_eq!((r.name.as_str(), r.version.as_str()), ("fx", "4"));
+    assert_eq!(r.dependency_checksum.as_deref(), Some("d"));
+    let log = r
+        .operation("worker")
+        .and_then(|o| o.log.clone())
+        .unwrap_or_default();
+    assert!(log.contains("no.buildman does not exist"), "{log}");
+}
