@@ -345,3 +345,39 @@ fn a_missing_settings_file_still_gives_a_result() {
         .unwrap_or_default();
     assert!(log.contains("no.buildman does not exist"), "{log}");
 }
+
+#[test]
+fn a_buildman_settings_file_replaces_autodetection() {
+    let dir = TestDir::new("task-buildman-file");
+    let fx = Fixture::create(&dir.path.join("src"));
+    let tftp = dir.path.join("tftp");
+    let server = AsyncTftpServer::start(&tftp);
+    // ~/.buildman names the host compiler only: the aarch64 board has no
+    // toolchain although aarch64-linux-gnu-gcc is on PATH.
+    let hostcc = dir.path.join("hostcc");
+    std::fs::create_dir_all(&hostcc).expect("mkdir hostcc");
+    std::os::unix::fs::symlink("/usr/bin/gcc", hostcc.join("gcc")).expect("link gcc");
+    std::fs::write(
+        dir.path.join(".buildman"),
+        format!("[toolchain]\nhost = {}\n", hostcc.display()),
+    )
+    .expect("write .buildman");
+    let task = format!(
+        ": 1\nname: fx\nversion: 5\nrepository-url: {}\nmachine: m\ntarget: t\n\
+         commit: {}\nboard: sandbox sandbox\nboard: rpi_arm64 aarch64\n",
+        fx.dir.display(),
+        fx.commits[0]
+    );
+    std::fs::write(tftp.join("manifest"), task).expect("write task");
+    let out = run_task(
+        &server.addr.to_string(),
+        &dir.path.join("work"),
+        &dir.path,
+        &[],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let r = uploaded_result(&tftp);
+    let status = |n: &str| r.operation(n).map(|o| o.status);
+    assert_eq!(status("sandbox@0"), Some(ResultStatus::Success), "{r:#?}");
+    assert_eq!(status("rpi_arm64@0"), Some(ResultStatus::Abort), "{r:#?}");
+}
