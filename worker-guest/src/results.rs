@@ -11,10 +11,11 @@ use manifests::{
 use crate::engine::BuildOutcome;
 use crate::RETURN_CODE_NO_TOOLCHAIN;
 
-/// Largest result manifest the guest uploads. The agent caps uploads (at
-/// 16 MiB); staying below it with a margin means a chatty build loses the
-/// middle of its largest logs rather than its whole result.
-pub const MAX_RESULT_BYTES: usize = 15 * 1024 * 1024;
+/// Largest result manifest the guest uploads: 64 KiB under the agent's
+/// 15 MiB upload cap (the controller's result size limit), so a chatty
+/// build loses the middle of its largest logs rather than its whole
+/// result.
+pub const MAX_RESULT_BYTES: usize = 15 * 1024 * 1024 - 64 * 1024;
 
 /// Name of the operation that reports a failure of the guest itself
 /// (bad task, clone failure, engine error) rather than of a build.
@@ -180,9 +181,8 @@ fn truncate_log(log: &str, keep: usize) -> String {
     let tail_start = ceil_char_boundary(log, log.len() - (keep - keep / 2));
     let cut = tail_start - head_end;
     format!(
-        "{}\n[... worker-guest cut {cut} bytes of this log here: the result manifest must stay under {} MiB ...]\n{}",
+        "{}\n[... worker-guest cut {cut} bytes of this log here: the result manifest must stay under 15 MiB ...]\n{}",
         &log[..head_end],
-        MAX_RESULT_BYTES / (1024 * 1024),
         &log[tail_start..]
     )
 }

@@ -254,3 +254,43 @@ fn duplicate_acks_never_trigger_a_resend() {
         .expect("PUT f");
     handle.join().expect("fake server");
 }
+
+/// A server that answers every request with one ERROR packet.
+fn refusing_server(code: u16, message: &'static str) -> SocketAddr {
+    let server = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = server.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((_, client)) = server.recv_from(&mut buf) {
+            let mut p = vec![0, 5];
+            p.extend_from_slice(&code.to_be_bytes());
+            p.extend_from_slice(message.as_bytes());
+            p.push(0);
+            let _ = fake_tid().send_to(&p, client);
+        }
+    });
+    addr
+}
+
+#[test]
+fn not_found_also_from_servers_that_only_send_code_0() {
+    // The agent's own handler (async-tftp `Error::Msg`) refuses a missing
+    // file with code 0 and a message, not code 1.
+    let client = |addr| TftpClient::new(addr).with_timeout(Duration::from_secs(2), 1);
+    let err = client(refusing_server(0, "worker-guest: no such file"))
+        .get("worker-guest")
+        .expect_err("refused");
+    assert!(err.is_not_found(), "{err}");
+    let err = client(refusing_server(0, "x: '..' is not allowed"))
+        .get("x")
+        .expect_err("refused");
+    assert!(!err.is_not_found(), "{err}");
+    let err = client(refusing_server(2, "File not found? no: access violation"))
+        .get("x")
+        .expect_err("refused");
+    assert!(
+        !err.is_not_found(),
+        "only codes 0 and 1 can mean not found: {err}"
+    );
+    assert!(err.to_string().contains("(code 2)"), "{err}");
+}

@@ -86,16 +86,27 @@ pub enum TftpError {
 }
 
 impl TftpError {
-    /// Whether the server said the file does not exist (TFTP error code 1),
-    /// which callers treat as "nothing to fetch" rather than a failure.
+    /// Whether the server said the file does not exist, which callers
+    /// treat as "nothing to fetch" rather than a failure: TFTP error code
+    /// 1, or code 0 ("not defined") whose message says so, since servers
+    /// built on `async-tftp` with their own handler (the agent's, at the
+    /// time of writing) can only send their refusals as code 0 messages.
     pub fn is_not_found(&self) -> bool {
-        matches!(
-            self,
+        match self {
             TftpError::Remote {
                 code: ERR_NOT_FOUND,
                 ..
+            } => true,
+            TftpError::Remote {
+                code: ERR_UNDEFINED,
+                message,
+                ..
+            } => {
+                let m = message.to_ascii_lowercase();
+                m.contains("no such file") || m.contains("not found")
             }
-        )
+            _ => false,
+        }
     }
 
     /// Whether the server never answered or stopped answering.
