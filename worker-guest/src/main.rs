@@ -67,6 +67,11 @@ struct TftpArgs {
     #[arg(long, value_name = "N", default_value_t = tftp_client::DEFAULT_RETRIES)]
     tftp_retries: u32,
 
+    /// TFTP block size to ask for (512 asks for none; larger ones mean
+    /// fewer round trips but IP fragments beyond the link's MTU).
+    #[arg(long, value_name = "BYTES", default_value_t = tftp_client::DEFAULT_BLKSIZE)]
+    tftp_blksize: u16,
+
     /// Debug output on stderr.
     #[arg(short = 'D', long)]
     debug: bool,
@@ -189,10 +194,12 @@ fn tftp_client(args: &TftpArgs) -> anyhow::Result<TftpClient> {
     if !(args.tftp_timeout > 0.0 && args.tftp_timeout.is_finite()) {
         anyhow::bail!("--tftp-timeout must be a positive number of seconds");
     }
-    Ok(TftpClient::new(server).with_timeout(
-        Duration::from_secs_f64(args.tftp_timeout),
-        args.tftp_retries,
-    ))
+    Ok(TftpClient::new(server)
+        .with_blksize(args.tftp_blksize)
+        .with_timeout(
+            Duration::from_secs_f64(args.tftp_timeout),
+            args.tftp_retries,
+        ))
 }
 
 /// The settings file of the task mode: `-G FILE` (which must exist), else

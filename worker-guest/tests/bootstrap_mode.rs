@@ -16,9 +16,14 @@ use common::{worker_bin, TestDir};
 use manifests::{BootstrapManifest, Document};
 
 fn run_bootstrap(server: &str, install: &Path) -> Output {
+    run_bootstrap_with(server, install, &[])
+}
+
+fn run_bootstrap_with(server: &str, install: &Path, extra: &[&str]) -> Output {
     Command::new(worker_bin())
         .args(["bootstrap", "--tftp", server, "--install"])
         .arg(install)
+        .args(extra)
         .env_remove("RUST_LOG")
         .output()
         .expect("run worker-guest bootstrap")
@@ -62,7 +67,12 @@ fn installs_the_served_worker_and_reports_its_version() {
     std::fs::write(tftp.join("worker-guest"), &served).expect("serve worker");
     let install = old_worker(&dir.path);
 
-    let out = run_bootstrap(&server.addr.to_string(), &install);
+    // Large blocks: the binary is big, and the option must work.
+    let out = run_bootstrap_with(
+        &server.addr.to_string(),
+        &install,
+        &["--tftp-blksize", "65464"],
+    );
     assert!(out.status.success(), "{}", show(&out));
     let installed = std::fs::read(&install).expect("read installed");
     assert!(
