@@ -1,7 +1,7 @@
 //! The build engine: a pool of build threads, each with its own worktree,
 //! taking boards from a queue and building them at every commit.
 //!
-//! The JSON worker drives it from the boss's commands; the future task mode
+//! The JSON worker drives it from the boss's commands; the task mode
 //! drives it directly through [`build_boards`]. Both get the same per-(board,
 //! commit) [`BuildOutcome`]s, delivered as [`BuildEvent`]s while the build
 //! runs, so that results stream out as soon as each commit is built.
