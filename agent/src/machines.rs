@@ -192,13 +192,23 @@ fn read_manifest<T: Document>(path: &Path) -> Result<T, MachineError> {
     Ok(T::parse(&bytes, &path.display().to_string())?)
 }
 
-/// A stable, locally administered MAC for a machine of this toolchain instance,
-/// used when the machine manifest does not fix one.
+/// A locally administered MAC for a machine being bootstrapped, used when
+/// the machine manifest does not fix one. Random (as bbot's), so that the
+/// same machine bootstrapped on two hosts sharing a bridge gets two
+/// addresses; it is recorded in the bootstrapped manifest, which keeps it
+/// stable for every task of that bootstrap. Falls back to a hash of the
+/// machine, toolchain and instance (and the host's boot time) if the
+/// kernel's random source cannot be read.
 pub fn generate_mac(machine: &str, toolchain: &str, num: u16) -> MacAddress {
-    let mut h = DefaultHasher::new();
-    (machine, toolchain, num).hash(&mut h);
-    let b = h.finish().to_be_bytes();
-    MacAddress::locally_administered([b[0], b[1], b[2], b[3], b[4], b[5]])
+    use std::io::Read;
+    let mut b = [0u8; 6];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    if random.is_err() {
+        let mut h = DefaultHasher::new();
+        (machine, toolchain, num, std::time::SystemTime::now()).hash(&mut h);
+        b.copy_from_slice(&h.finish().to_be_bytes()[..6]);
+    }
+    MacAddress::locally_administered(b)
 }
 
 /// Machine enumeration and bootstrap bookkeeping for one agent instance.

@@ -239,34 +239,54 @@ impl Drop for TftpServer {
     }
 }
 
-/// Why a requested name was refused.
+/// Why a requested name was refused; the kind picks the TFTP error code
+/// the guest sees (a guest's bootstrap treats "file not found" as "nothing
+/// to install", everything else as an error).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal(pub String);
+pub struct Refusal(pub String, pub RefusalKind);
+
+/// The TFTP error class of a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// Error 1: no such file or directory.
+    NotFound,
+    /// Error 2: access violation (escapes, reserved names, not a file).
+    Denied,
+}
+
+impl Refusal {
+    fn not_found(why: &str) -> Self {
+        Refusal(why.to_string(), RefusalKind::NotFound)
+    }
+    fn denied(why: &str) -> Self {
+        Refusal(why.to_string(), RefusalKind::Denied)
+    }
+}
 
 /// Checks a requested name: relative (one leading `/` allowed), only plain
 /// components. Returns the components.
 fn plain_components(name: &str) -> Result<Vec<&str>, Refusal> {
     let trimmed = name.strip_prefix('/').unwrap_or(name);
     if trimmed.is_empty() {
-        return Err(Refusal("empty file name".into()));
+        return Err(Refusal::denied("empty file name"));
     }
     let mut out = Vec::new();
     for c in Path::new(trimmed).components() {
         match c {
             Component::Normal(s) => match s.to_str() {
                 Some(s) if !s.starts_with(".bbot-upload-") => out.push(s),
-                Some(_) => return Err(Refusal("reserved file name".into())),
-                None => return Err(Refusal("file name is not UTF-8".into())),
+                Some(_) => return Err(Refusal::denied("reserved file name")),
+                None => return Err(Refusal::denied("file name is not UTF-8")),
             },
-            Component::ParentDir => return Err(Refusal("'..' is not allowed".into())),
+            Component::ParentDir => return Err(Refusal::denied("'..' is not allowed")),
             Component::CurDir => {}
             Component::RootDir | Component::Prefix(_) => {
-                return Err(Refusal("absolute paths are not allowed".into()))
+                return Err(Refusal::denied("absolute paths are not allowed"))
             }
         }
     }
     if out.is_empty() {
-        return Err(Refusal("empty file name".into()));
+        return Err(Refusal::denied("empty file name"));
     }
     Ok(out)
 }
@@ -276,12 +296,12 @@ fn plain_components(name: &str) -> Result<Vec<&str>, Refusal> {
 pub fn resolve_get(dir: &Path, name: &str) -> Result<PathBuf, Refusal> {
     let parts = plain_components(name)?;
     let joined = parts.iter().fold(dir.to_path_buf(), |p, c| p.join(c));
-    let real = fs::canonicalize(&joined).map_err(|_| Refusal("no such file".into()))?;
+    let real = fs::canonicalize(&joined).map_err(|_| Refusal::not_found("no such file"))?;
     if !real.starts_with(dir) {
-        return Err(Refusal("leads outside the guest's directory".into()));
+        return Err(Refusal::denied("leads outside the guest's directory"));
     }
     if !real.is_file() {
-        return Err(Refusal("not a regular file".into()));
+        return Err(Refusal::denied("not a regular file"));
     }
     Ok(real)
 }
@@ -293,15 +313,16 @@ pub fn resolve_put(dir: &Path, name: &str) -> Result<PathBuf, Refusal> {
     let parts = plain_components(name)?;
     let (file, parents) = parts
         .split_last()
-        .ok_or_else(|| Refusal("empty file name".into()))?;
+        .ok_or_else(|| Refusal::denied("empty file name"))?;
     let parent = parents.iter().fold(dir.to_path_buf(), |p, c| p.join(c));
-    let real_parent = fs::canonicalize(&parent).map_err(|_| Refusal("no such directory".into()))?;
+    let real_parent =
+        fs::canonicalize(&parent).map_err(|_| Refusal::not_found("no such directory"))?;
     if !real_parent.starts_with(dir) {
-        return Err(Refusal("leads outside the guest's directory".into()));
+        return Err(Refusal::denied("leads outside the guest's directory"));
     }
     let target = real_parent.join(file);
     if target.is_dir() {
-        return Err(Refusal("is a directory".into()));
+        return Err(Refusal::denied("is a directory"));
     }
     Ok(target)
 }
@@ -315,13 +336,26 @@ struct GuestHandler {
 
 impl GuestHandler {
     fn refuse(&self, op: &'static str, name: &str, reason: String) -> packet::Error {
+        self.report(op, name, &reason);
+        packet::Error::Msg(format!("{name}: {reason}"))
+    }
+
+    /// A refusal of a mapped name, answered with its TFTP error code.
+    fn refuse_as(&self, op: &'static str, name: &str, r: Refusal) -> packet::Error {
+        self.report(op, name, &r.0);
+        match r.1 {
+            RefusalKind::NotFound => packet::Error::FileNotFound,
+            RefusalKind::Denied => packet::Error::PermissionDenied,
+        }
+    }
+
+    fn report(&self, op: &'static str, name: &str, reason: &str) {
         tracing::warn!("TFTP {op} '{name}' refused: {reason}");
         let _ = self.events.send(TftpEvent::Refused {
             op,
             name: name.to_string(),
-            reason: reason.clone(),
+            reason: reason.to_string(),
         });
-        packet::Error::Msg(format!("{name}: {reason}"))
     }
 }
 
@@ -337,7 +371,8 @@ impl Handler for GuestHandler {
         path: &Path,
     ) -> Result<(Self::Reader, Option<u64>), packet::Error> {
         let name = path.to_string_lossy().into_owned();
-        let real = resolve_get(&self.get_dir, &name).map_err(|r| self.refuse("GET", &name, r.0))?;
+        let real =
+            resolve_get(&self.get_dir, &name).map_err(|r| self.refuse_as("GET", &name, r))?;
         let file = File::open(&real).map_err(|e| self.refuse("GET", &name, e.to_string()))?;
         let len = file.metadata().ok().map(|m| m.len());
         tracing::debug!("TFTP GET '{name}' -> {}", real.display());
@@ -353,7 +388,7 @@ impl Handler for GuestHandler {
     ) -> Result<Self::Writer, packet::Error> {
         let name = path.to_string_lossy().into_owned();
         let target =
-            resolve_put(&self.put_dir, &name).map_err(|r| self.refuse("PUT", &name, r.0))?;
+            resolve_put(&self.put_dir, &name).map_err(|r| self.refuse_as("PUT", &name, r))?;
         if let Some(size) = size.filter(|s| *s > self.upload_limit) {
             return Err(self.refuse(
                 "PUT",

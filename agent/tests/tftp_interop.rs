@@ -282,3 +282,23 @@ fn oversized_upload_is_refused_and_leaves_nothing() {
     no_upload_leftovers(&s.put);
     let _ = &s.get;
 }
+
+#[test]
+fn refusals_carry_the_right_tftp_error_codes() {
+    let s = setup(1 << 20);
+    let p = port(&s);
+    let code = |name: &str| {
+        let out = s._tmp.path().join("x");
+        let o = run(Command::new("curl")
+            .args(["-sS", "--path-as-is", "-o"])
+            .arg(&out)
+            .arg(format!("tftp://127.0.0.1:{p}/{name}")));
+        o.status.code()
+    };
+    // curl: 68 = TFTP "file not found" (code 1), 69 = "access violation" (code 2).
+    assert_eq!(code("missing"), Some(68), "a missing file is error 1");
+    assert_eq!(code("sub/missing"), Some(68));
+    assert_eq!(code("../outside/secret"), Some(69), "an escape is error 2");
+    assert_eq!(code("escape"), Some(69), "a symlink out is error 2");
+    assert_eq!(code("sub"), Some(69), "a directory is error 2");
+}
