@@ -27,12 +27,19 @@ use manifests::{Document, ResultRequestManifest, ResultStatus};
 struct Case<'a> {
     behaviour: &'a str,
     extra_args: &'a [&'a str],
+    /// Stop the agent (SIGTERM) once the task's guest has fetched its task,
+    /// instead of waiting for the guest to finish.
+    interrupt: bool,
 }
 
 /// Runs one agent for toolchain `tc-<behaviour>` until the controller has
 /// its result; returns the result and the agent's log.
 fn run_case(fs: &Path, work: &Path, case: &Case<'_>) -> (ResultRequestManifest, String) {
-    let tc = format!("tc-{}", case.behaviour);
+    let tc = format!(
+        "tc-{}{}",
+        case.behaviour,
+        if case.interrupt { "-stopped" } else { "" }
+    );
     let tftp = work.join("tftp");
     let toolchain_dir = tftp.join("toolchain").join(&tc);
     fs::create_dir_all(&toolchain_dir).expect("toolchain dir");
@@ -84,6 +91,13 @@ fn run_case(fs: &Path, work: &Path, case: &Case<'_>) -> (ResultRequestManifest, 
     let _ = result_url.set(ctl.url("/result"));
     args.push(ctl.url("/"));
     let mut agent = AgentProc::spawn(&args);
+    if case.interrupt {
+        // The bootstrap's first request, then the task's.
+        common::wait_for("the task's guest at work", Duration::from_secs(600), || {
+            (agent.stderr().matches("guest's first TFTP request").count() >= 2).then_some(())
+        });
+        agent.signal("TERM");
+    }
     let body = common::wait_for(
         &format!("{} result", case.behaviour),
         Duration::from_secs(600),
@@ -94,7 +108,18 @@ fn run_case(fs: &Path, work: &Path, case: &Case<'_>) -> (ResultRequestManifest, 
                 .map(|r| r.body)
         },
     );
-    let log = agent.stop();
+    let log = if case.interrupt {
+        let st = agent.wait(Duration::from_secs(60));
+        assert_eq!(
+            st.code(),
+            Some(0),
+            "agent exit status {st:?}:\n{}",
+            agent.stderr()
+        );
+        agent.stderr()
+    } else {
+        agent.stop()
+    };
     let result = ResultRequestManifest::parse(body.as_bytes(), "uploaded result")
         .unwrap_or_else(|e| panic!("{e}\n{body}\nagent log:\n{log}"));
     // Nothing of the VM survives.
@@ -147,6 +172,7 @@ fn misbehaving_guests_are_stopped_reported_and_cleaned_up() {
         &Case {
             behaviour: "never-asks",
             extra_args: &["--build-startup", "12"],
+            interrupt: false,
         },
     );
     assert_eq!(r.result.status, ResultStatus::Abort, "{log}");
@@ -164,6 +190,7 @@ fn misbehaving_guests_are_stopped_reported_and_cleaned_up() {
         &Case {
             behaviour: "hangs",
             extra_args: &["--build-timeout", "10"],
+            interrupt: false,
         },
     );
     assert_eq!(r.result.status, ResultStatus::Abort, "{log}");
@@ -174,6 +201,20 @@ fn misbehaving_guests_are_stopped_reported_and_cleaned_up() {
     );
     assert!(log.contains("suspended for investigation"), "{log}");
 
+    // The agent is stopped while the guest works: the VM is forced down,
+    // its snapshot deleted, and an interrupt result delivered.
+    let (r, log) = run_case(
+        fs.path(),
+        work.path(),
+        &Case {
+            behaviour: "hangs",
+            extra_args: &[],
+            interrupt: true,
+        },
+    );
+    assert_eq!(r.result.status, ResultStatus::Interrupt, "{log}");
+    assert!(log.contains("is down"), "the VM was forced down:\n{log}");
+
     // Uploads garbage: abnormal, naming the parse error and its place.
     let (r, log) = run_case(
         fs.path(),
@@ -181,6 +222,7 @@ fn misbehaving_guests_are_stopped_reported_and_cleaned_up() {
         &Case {
             behaviour: "garbage",
             extra_args: &[],
+            interrupt: false,
         },
     );
     assert_eq!(r.result.status, ResultStatus::Abnormal, "{log}");
@@ -199,6 +241,7 @@ fn misbehaving_guests_are_stopped_reported_and_cleaned_up() {
         &Case {
             behaviour: "escape",
             extra_args: &[],
+            interrupt: false,
         },
     );
     assert_eq!(r.result.status, ResultStatus::Success, "{log}");
