@@ -33,7 +33,10 @@ use crate::vm::{Accel, Network, Vm, VmSpec, VmState};
 /// The guest's view of the host under QEMU user-mode networking.
 const USER_NET_HOST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 /// How long a guest gets to power off by itself after uploading its result
-/// before it is forced down.
+/// before it is asked to (the guest's init powers off as soon as
+/// worker-guest exits).
+const SELF_POWEROFF_WAIT: Duration = Duration::from_secs(3);
+/// How long a guest asked to power off (ACPI) gets before it is forced down.
 const TASK_POWEROFF_GRACE: Duration = Duration::from_secs(10);
 /// The manifest the guest fetches and uploads.
 const MANIFEST: &str = "manifest";
@@ -379,9 +382,16 @@ impl MachineRunner for QemuRunner {
             job.timeout,
             cancel,
             |vm, bytes| {
-                // The guest powers off after its upload; give it a moment
-                // before the session forces it down.
-                vm.wait_exit(TASK_POWEROFF_GRACE, || !cancel.is_cancelled());
+                // The guest powers off after its upload. One that lingers is
+                // asked to (ACPI power button), then forced down.
+                if !vm.wait_exit(SELF_POWEROFF_WAIT, || !cancel.is_cancelled())
+                    && !cancel.is_cancelled()
+                {
+                    tracing::info!("guest still running after its upload; asking it to power off");
+                    if vm.shutdown(TASK_POWEROFF_GRACE) {
+                        tracing::info!("guest powered off cleanly");
+                    }
+                }
                 let name = format!("result manifest uploaded by {}", machine.header.name);
                 ResultManifest::parse(&bytes, &name).map_err(|e| {
                     RunnerError::Failed(format!(

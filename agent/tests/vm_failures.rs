@@ -215,6 +215,22 @@ fn misbehaving_guests_are_stopped_reported_and_cleaned_up() {
     assert_eq!(r.result.status, ResultStatus::Interrupt, "{log}");
     assert!(log.contains("is down"), "the VM was forced down:\n{log}");
 
+    // Uploads its result, then does not power off: asked to over ACPI.
+    let (r, log) = run_case(
+        fs.path(),
+        work.path(),
+        &Case {
+            behaviour: "lingers",
+            extra_args: &[],
+            interrupt: false,
+        },
+    );
+    assert_eq!(r.result.status, ResultStatus::Success, "{log}");
+    assert!(
+        log.contains("guest powered off cleanly"),
+        "ACPI power-off:\n{log}"
+    );
+
     // Uploads garbage: abnormal, naming the parse error and its place.
     let (r, log) = run_case(
         fs.path(),
