@@ -278,7 +278,19 @@ impl QemuRunner {
     /// A guest that missed a deadline: pause it, say how to reach it, keep
     /// it for `--suspend-time` (or until the agent is stopped), then stop it.
     fn suspend_then_stop(&self, vm: &mut Vm, what: &str, cancel: &Cancel) {
-        tracing::error!("guest missed its {what} deadline");
+        let console = vm.console_tail(2000);
+        if console.is_empty() {
+            let hint = if self.cfg.accel == Accel::Kvm {
+                "; if KVM cannot run guests on this host, try --accel tcg"
+            } else {
+                ""
+            };
+            tracing::error!(
+                "guest missed its {what} deadline without printing anything on its console{hint}"
+            );
+        } else {
+            tracing::error!("guest missed its {what} deadline; end of its console:\n{console}");
+        }
         match vm.suspend() {
             Ok(()) => {
                 let until = Instant::now() + self.cfg.suspend_time;
