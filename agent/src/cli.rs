@@ -107,9 +107,11 @@ pub struct Cli {
     /// RAM given to each VM, in KiB.
     #[arg(long, value_name = "NUM", default_value_t = 1024 * 1024)]
     pub ram: u64,
-    /// Attach VMs to this host bridge (tap, through qemu-bridge-helper)
-    /// instead of QEMU user-mode networking (the default, which needs no
-    /// privileges: guests reach the host as 10.0.2.2).
+    /// Attach each VM through a tap device of its own to this host bridge
+    /// (which needs DHCP for the guests and an IPv4 address, where the
+    /// TFTP server listens; the agent runs as root) instead of QEMU
+    /// user-mode networking (the default, no privileges: guests reach the
+    /// host as 10.0.2.2).
     #[arg(long, value_name = "IFACE")]
     pub bridge: Option<String>,
     /// QEMU binary that runs the guests.

@@ -138,6 +138,7 @@ impl QemuRunner {
         let options = machine
             .option_args()
             .map_err(|e| RunnerError::Failed(e.message().to_string()))?;
+        let ram_kib = guest_ram_kib(self.cfg.vm.ram_kib, machine)?;
         let id = SESSION.fetch_add(1, Ordering::Relaxed);
         let name = format!(
             "{}-{}-{}",
@@ -148,13 +149,17 @@ impl QemuRunner {
             qemu: self.cfg.qemu.clone(),
             accel: self.cfg.accel,
             cpus: self.cfg.vm.cpu,
-            ram_mib: (self.cfg.vm.ram_kib / 1024).max(64),
+            ram_mib: (ram_kib / 1024).max(64),
             machine_dir: subvolume.to_path_buf(),
             machine_options: options,
             mac: mac.to_string(),
             network: match &self.cfg.vm.bridge {
                 None => Network::User,
-                Some(b) => Network::Bridge(b.clone()),
+                Some(b) => Network::Bridge {
+                    bridge: b.clone(),
+                    // Unique on the host while this agent runs this VM.
+                    tap: format!("bbot{}t{id}", self.cfg.vm.toolchain_num),
+                },
             },
             fw_cfg: vec![
                 ("opt/bbot/tftp".into(), tftp.clone()),
@@ -419,6 +424,21 @@ impl MachineRunner for QemuRunner {
     }
 }
 
+/// The RAM a guest of `machine` gets: `--ram`, capped at the machine's
+/// `ram-maximum`; a machine whose `ram-minimum` exceeds `--ram` cannot run
+/// here (better a clear error than a guest starved into odd failures).
+fn guest_ram_kib(agent_ram_kib: u64, machine: &MachineManifest) -> Result<u64, RunnerError> {
+    let h = &machine.header;
+    if let Some(min) = h.ram_minimum.filter(|m| *m > agent_ram_kib) {
+        return Err(RunnerError::Failed(format!(
+            "machine {} needs at least {min} KiB of RAM (ram-minimum), but --ram gives {agent_ram_kib} KiB",
+            h.name
+        )));
+    }
+    Ok(h.ram_maximum
+        .map_or(agent_ram_kib, |max| agent_ram_kib.min(max)))
+}
+
 /// The MAC address a machine's guests get: the one recorded at bootstrap,
 /// or one derived from the machine name (stable across tasks) when the
 /// manifest has none.
@@ -476,6 +496,24 @@ mod tests {
     fn loopback_has_an_address_and_unknown_interfaces_none() {
         assert_eq!(interface_ipv4("lo"), Some(Ipv4Addr::LOCALHOST));
         assert_eq!(interface_ipv4("no-such-if0"), None);
+    }
+
+    #[test]
+    fn guest_ram_follows_the_machine_limits() {
+        let text =
+            ": 1\nid: i\nname: m\nsummary: s\nram-minimum: 1024\nram-maximum: 4096\ntype: kvm\n";
+        let m = <MachineManifest as manifests::Document>::parse(text.as_bytes(), "m").unwrap();
+        assert_eq!(guest_ram_kib(2048, &m).unwrap(), 2048);
+        assert_eq!(
+            guest_ram_kib(8192, &m).unwrap(),
+            4096,
+            "capped at ram-maximum"
+        );
+        let e = guest_ram_kib(512, &m).unwrap_err().to_string();
+        assert!(
+            e.contains("needs at least 1024 KiB") && e.contains("--ram gives 512 KiB"),
+            "{e}"
+        );
     }
 
     #[test]

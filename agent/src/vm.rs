@@ -64,9 +64,16 @@ pub enum Network {
     /// QEMU user-mode networking: no privileges needed; the host (and so
     /// the TFTP server on its loopback) is the gateway, 10.0.2.2.
     User,
-    /// A tap device on this host bridge (bbot's classic setup), through
-    /// qemu-bridge-helper.
-    Bridge(String),
+    /// A tap device of its own, enslaved to this host bridge (bbot's
+    /// classic setup; the host runs DHCP on the bridge). The agent creates
+    /// the tap before QEMU starts and deletes it when QEMU is gone, so no
+    /// qemu-bridge-helper or its ACL is involved.
+    Bridge {
+        /// The bridge.
+        bridge: String,
+        /// The tap device's name (at most 15 characters).
+        tap: String,
+    },
 }
 
 /// Everything needed to start one guest.
@@ -143,6 +150,9 @@ pub enum VmError {
     /// A QMP exchange failed.
     #[error(transparent)]
     Qmp(#[from] QmpError),
+    /// The guest's network could not be set up (tap device, bridge).
+    #[error("guest network: {0}")]
+    Network(String),
 }
 
 /// How long a QMP exchange may take before the connection is dropped.
@@ -160,6 +170,41 @@ pub struct Vm {
     state: VmState,
     console_log: PathBuf,
     qemu_log: PathBuf,
+    /// The tap device this VM owns (bridge networking), deleted when QEMU
+    /// is gone.
+    tap: Option<String>,
+}
+
+/// Runs `ip args...`, for the tap devices of bridged VMs.
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Creates tap device `tap` and enslaves it to `bridge`, up.
+fn create_tap(tap: &str, bridge: &str) -> Result<(), VmError> {
+    let fail = |e: String| VmError::Network(e);
+    // A tap of this name can only be a leftover of a crashed run.
+    let _ = ip(&["link", "delete", "dev", tap]);
+    ip(&["tuntap", "add", "dev", tap, "mode", "tap"]).map_err(fail)?;
+    let attached = ip(&["link", "set", "dev", tap, "master", bridge])
+        .and_then(|()| ip(&["link", "set", "dev", tap, "up"]));
+    if let Err(e) = attached {
+        let _ = ip(&["link", "delete", "dev", tap]);
+        return Err(fail(e));
+    }
+    Ok(())
 }
 
 /// The KVM check behind a clear error: `/dev/kvm` must open read-write.
@@ -201,7 +246,9 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
     ]);
     let netdev = match &spec.network {
         Network::User => "user,id=net0".to_string(),
-        Network::Bridge(br) => format!("bridge,id=net0,br={br}"),
+        Network::Bridge { tap, .. } => {
+            format!("tap,id=net0,ifname={tap},script=no,downscript=no")
+        }
     };
     args.extend([
         "-netdev".into(),
@@ -251,20 +298,35 @@ impl Vm {
         let qemu_log = spec.run_dir.join("qemu.log");
         let log = File::create(&qemu_log).map_err(io_err(&qemu_log))?;
         let log2 = log.try_clone().map_err(io_err(&qemu_log))?;
+        let tap = match &spec.network {
+            Network::User => None,
+            Network::Bridge { bridge, tap } => {
+                create_tap(tap, bridge)?;
+                Some(tap.clone())
+            }
+        };
         let args = qemu_args(spec);
         tracing::debug!("starting {} {}", spec.qemu.display(), args.join(" "));
-        let child = Command::new(&spec.qemu)
+        let spawned = Command::new(&spec.qemu)
             .args(&args)
             .current_dir(&spec.machine_dir)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
             .process_group(0)
-            .spawn()
-            .map_err(|source| VmError::Spawn {
-                qemu: spec.qemu.clone(),
-                source,
-            })?;
+            .spawn();
+        let child = match spawned {
+            Ok(c) => c,
+            Err(source) => {
+                if let Some(t) = &tap {
+                    let _ = ip(&["link", "delete", "dev", t]);
+                }
+                return Err(VmError::Spawn {
+                    qemu: spec.qemu.clone(),
+                    source,
+                });
+            }
+        };
         let mut vm = Vm {
             name: spec.name.clone(),
             child,
@@ -272,6 +334,7 @@ impl Vm {
             state: VmState::Running,
             console_log: spec.run_dir.join("console.log"),
             qemu_log,
+            tap,
         };
         let deadline = Instant::now() + STARTUP_GRACE;
         loop {
@@ -316,10 +379,20 @@ impl Vm {
     pub fn state(&mut self) -> VmState {
         if !matches!(self.state, VmState::Exited(_)) {
             if let Ok(Some(status)) = self.child.try_wait() {
-                self.state = VmState::Exited(status);
+                self.exited(status);
             }
         }
         self.state
+    }
+
+    /// Records QEMU's exit and releases what it used.
+    fn exited(&mut self, status: ExitStatus) {
+        self.state = VmState::Exited(status);
+        if let Some(tap) = self.tap.take() {
+            if let Err(e) = ip(&["link", "delete", "dev", &tap]) {
+                tracing::warn!("VM {}: cannot delete tap device: {e}", self.name);
+            }
+        }
     }
 
     /// Waits until QEMU exits or `timeout` passes; `keep_going` is asked
@@ -398,7 +471,7 @@ impl Vm {
                 libc::kill(-pgid, libc::SIGKILL);
             }
             if let Ok(status) = self.child.wait() {
-                self.state = VmState::Exited(status);
+                self.exited(status);
             }
         }
         tracing::info!("VM {} is down", self.name);

@@ -164,17 +164,17 @@ fn misbehaving_guests_are_stopped_reported_and_cleaned_up() {
     let work = tempfile::tempdir().expect("work dir");
     let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests/misbehaving-worker-guest");
     vm::make_machine(fs.path(), &guest);
+    let run = |behaviour, extra_args: &[&str], interrupt| {
+        let case = Case {
+            behaviour,
+            extra_args,
+            interrupt,
+        };
+        run_case(fs.path(), work.path(), &case)
+    };
 
     // Never asks for its manifest: startup timeout, suspended, reported.
-    let (r, log) = run_case(
-        fs.path(),
-        work.path(),
-        &Case {
-            behaviour: "never-asks",
-            extra_args: &["--build-startup", "12"],
-            interrupt: false,
-        },
-    );
+    let (r, log) = run("never-asks", &["--build-startup", "12"], false);
     assert_eq!(r.result.status, ResultStatus::Abort, "{log}");
     assert!(
         machine_log(&r).contains("startup timed out after 12s"),
@@ -184,15 +184,7 @@ fn misbehaving_guests_are_stopped_reported_and_cleaned_up() {
     assert!(log.contains("suspended for investigation"), "{log}");
 
     // Fetches its manifest, then hangs: build timeout.
-    let (r, log) = run_case(
-        fs.path(),
-        work.path(),
-        &Case {
-            behaviour: "hangs",
-            extra_args: &["--build-timeout", "10"],
-            interrupt: false,
-        },
-    );
+    let (r, log) = run("hangs", &["--build-timeout", "10"], false);
     assert_eq!(r.result.status, ResultStatus::Abort, "{log}");
     assert!(
         machine_log(&r).contains("build timed out after 10s"),
@@ -203,28 +195,12 @@ fn misbehaving_guests_are_stopped_reported_and_cleaned_up() {
 
     // The agent is stopped while the guest works: the VM is forced down,
     // its snapshot deleted, and an interrupt result delivered.
-    let (r, log) = run_case(
-        fs.path(),
-        work.path(),
-        &Case {
-            behaviour: "hangs",
-            extra_args: &[],
-            interrupt: true,
-        },
-    );
+    let (r, log) = run("hangs", &[], true);
     assert_eq!(r.result.status, ResultStatus::Interrupt, "{log}");
     assert!(log.contains("is down"), "the VM was forced down:\n{log}");
 
     // Uploads its result, then does not power off: asked to over ACPI.
-    let (r, log) = run_case(
-        fs.path(),
-        work.path(),
-        &Case {
-            behaviour: "lingers",
-            extra_args: &[],
-            interrupt: false,
-        },
-    );
+    let (r, log) = run("lingers", &[], false);
     assert_eq!(r.result.status, ResultStatus::Success, "{log}");
     assert!(
         log.contains("guest powered off cleanly"),
@@ -232,15 +208,7 @@ fn misbehaving_guests_are_stopped_reported_and_cleaned_up() {
     );
 
     // Uploads garbage: abnormal, naming the parse error and its place.
-    let (r, log) = run_case(
-        fs.path(),
-        work.path(),
-        &Case {
-            behaviour: "garbage",
-            extra_args: &[],
-            interrupt: false,
-        },
-    );
+    let (r, log) = run("garbage", &[], false);
     assert_eq!(r.result.status, ResultStatus::Abnormal, "{log}");
     let m = machine_log(&r);
     assert!(m.contains("invalid result manifest"), "{m}");
@@ -251,15 +219,7 @@ fn misbehaving_guests_are_stopped_reported_and_cleaned_up() {
 
     // Tries to leave its directories: every attempt refused, nothing
     // written outside.
-    let (r, log) = run_case(
-        fs.path(),
-        work.path(),
-        &Case {
-            behaviour: "escape",
-            extra_args: &[],
-            interrupt: false,
-        },
-    );
+    let (r, log) = run("escape", &[], false);
     assert_eq!(r.result.status, ResultStatus::Success, "{log}");
     let attempts = r
         .result
