@@ -11,7 +11,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::btrfs_loop::BtrfsLoop;
 use common::controller::task_response;
 use common::vm::{self, MACHINE};
 use manifests::{Document, ResultManifest, ResultStatus};
@@ -100,13 +99,9 @@ impl Drop for Netns {
 
 #[test]
 fn bridged_guest_gets_its_task_over_the_bridge() {
-    let Some(fs) = BtrfsLoop::with_size(vm::VM_FS_SIZE) else {
+    let Some((fs, work)) = vm::scripted_machine() else {
         return;
     };
-    vm::require_qemu();
-    let work = tempfile::tempdir().expect("work dir");
-    let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests/misbehaving-worker-guest");
-    vm::make_machine(fs.path(), &guest);
     let ns = Netns::create(work.path());
 
     let tc = "tc-bridged";

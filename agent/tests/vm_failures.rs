@@ -19,7 +19,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::agent::AgentProc;
-use common::btrfs_loop::BtrfsLoop;
 use common::controller::{task_response, Reply, TestController};
 use common::vm::{self, MACHINE};
 use manifests::{Document, ResultRequestManifest, ResultStatus};
@@ -157,13 +156,9 @@ fn machine_log(r: &ResultRequestManifest) -> String {
 
 #[test]
 fn misbehaving_guests_are_stopped_reported_and_cleaned_up() {
-    let Some(fs) = BtrfsLoop::with_size(vm::VM_FS_SIZE) else {
+    let Some((fs, work)) = vm::scripted_machine() else {
         return;
     };
-    vm::require_qemu();
-    let work = tempfile::tempdir().expect("work dir");
-    let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests/misbehaving-worker-guest");
-    vm::make_machine(fs.path(), &guest);
     let run = |behaviour, extra_args: &[&str], interrupt| {
         let case = Case {
             behaviour,
