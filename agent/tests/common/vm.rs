@@ -4,6 +4,7 @@
 //! nothing behind.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -116,6 +117,9 @@ impl GitDaemon {
             .arg(base)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // Its own process group: git daemon forks a child per
+            // connection (and may outlive a plain kill otherwise).
+            .process_group(0)
             .spawn()
             .expect("start git daemon");
         super::wait_for("git daemon", Duration::from_secs(10), || {
@@ -127,6 +131,14 @@ impl GitDaemon {
 
 impl Drop for GitDaemon {
     fn drop(&mut self) {
+        // The whole group: the daemon and any child serving a clone.
+        if let Ok(pgid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) with a negative pid signals a process group;
+            // no memory is involved.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
