@@ -99,10 +99,28 @@ impl AgentProc {
 }
 
 impl Drop for AgentProc {
+    /// A test that fails while the agent runs (a panic unwinds through
+    /// here) stops it the way systemd would: SIGTERM first, so that it
+    /// forces its VM down and deletes its snapshot, and SIGKILL only if it
+    /// has not exited after 20 s. A bare SIGKILL would leave a running
+    /// QEMU behind (the agent cleans up only when it gets to).
     fn drop(&mut self) {
+        if !self.running() {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child's pid; no memory involved.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+            let end = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < end && self.running() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         if self.running() {
             let _ = self.child.kill();
-            let _ = self.child.wait();
         }
+        let _ = self.child.wait();
     }
 }
