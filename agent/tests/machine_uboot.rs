@@ -25,15 +25,7 @@ fn the_build_machine_builds_real_uboot_boards() {
     let revision = vm::make_machine(fs.path(), &worker_guest);
 
     let tree = work.path().join("u-boot");
-    let out = Command::new(vm::workspace().join("scripts/uboot-tree"))
-        .arg(&tree)
-        .output()
-        .expect("run scripts/uboot-tree");
-    assert!(
-        out.status.success(),
-        "scripts/uboot-tree failed (it needs the deb-src entry scripts/install-deps adds):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    vm::uboot_tree(&tree);
 
     let out = Command::new(vm::workspace().join("machines/check-machine"))
         .arg("--tmpdir")

@@ -13,7 +13,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -28,25 +27,6 @@ use manifests::{Document, ResultRequestManifest, ResultStatus};
 /// The board built, its architecture, and the files whose sizes the log
 /// must report.
 const BOARD: (&str, &str) = ("qemu_arm64", "aarch64");
-
-/// Makes the Debian U-Boot tree in `dir`; returns its commits, oldest first.
-fn uboot_tree(dir: &Path) -> Vec<String> {
-    let out = Command::new(vm::workspace().join("scripts/uboot-tree"))
-        .arg(dir)
-        .output()
-        .expect("run scripts/uboot-tree");
-    assert!(
-        out.status.success(),
-        "scripts/uboot-tree failed (it needs the deb-src entry scripts/install-deps adds):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let commits: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect();
-    assert!(commits.len() > 1, "the U-Boot tree has no Debian patches");
-    commits
-}
 
 fn task_text(repository: &str, commit: &str, result_url: &str) -> String {
     format!(
@@ -73,7 +53,7 @@ fn real_uboot_builds_in_a_real_guest() {
     let machine_made = t0.elapsed();
 
     let src = work.path().join("u-boot");
-    let commits = uboot_tree(&src);
+    let commits = vm::uboot_tree(&src);
     let head = commits.last().expect("commits").clone();
     let git_base = work.path().join("git");
     std::fs::create_dir_all(&git_base).expect("git base");

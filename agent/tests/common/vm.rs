@@ -87,6 +87,26 @@ pub fn make_machine(machines: &Path, worker_guest: &Path) -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
+/// Makes Debian's U-Boot tree (scripts/uboot-tree, cached) in `dir`;
+/// returns its commits, oldest first.
+pub fn uboot_tree(dir: &Path) -> Vec<String> {
+    let out = Command::new(workspace().join("scripts/uboot-tree"))
+        .arg(dir)
+        .output()
+        .expect("run scripts/uboot-tree");
+    assert!(
+        out.status.success(),
+        "scripts/uboot-tree failed (it needs the deb-src entry scripts/install-deps adds):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let commits: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    assert!(commits.len() > 1, "the U-Boot tree has no Debian patches");
+    commits
+}
+
 /// A free TCP port on loopback (bound and released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
