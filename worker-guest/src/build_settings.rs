@@ -37,6 +37,19 @@ pub struct BuildSettings {
     pub kconfig_check: bool,
     /// Wrap compilers in ccache, if this machine has it.
     pub ccache: bool,
+    /// `shared_dtc`: build dtc and pylibfdt once per version of their
+    /// sources and point every board's build at it (see `dtc_cache`).
+    pub shared_dtc: bool,
+    /// `lines`: send the source-lines manifest of each successful build
+    /// (see `lines`).
+    pub lines: bool,
+    /// `skip_unaffected` (the boss sends it on by default). buildman skips
+    /// a commit that cannot affect a board by copying the board's previous
+    /// result files forward; a worker writes no result files, so buildman's
+    /// own worker finds nothing to copy and builds every commit, and so do
+    /// we: the boss's results must be the same from either worker. Kept so
+    /// the choice is visible (logged at `configure`), never acted on.
+    pub skip_unaffected: bool,
 }
 
 impl Default for BuildSettings {
@@ -53,6 +66,9 @@ impl Default for BuildSettings {
             force_reconfig: false,
             kconfig_check: true,
             ccache: false,
+            shared_dtc: false,
+            lines: false,
+            skip_unaffected: false,
         }
     }
 }
@@ -71,8 +87,10 @@ fn truthy(v: &Value) -> bool {
 }
 
 impl BuildSettings {
-    /// Read the settings of a `configure` command. Unknown keys (`lines`,
-    /// `shared_dtc`, `skip_unaffected`, `force_build` ...) are ignored.
+    /// Read the settings of a `configure` command. `force_build` needs no
+    /// handling (it only makes buildman rebuild what its own result files
+    /// say is built, and a worker has none); other unknown keys are
+    /// ignored, as buildman's worker ignores them.
     pub fn from_json(map: &Map<String, Value>) -> Self {
         let get = |k: &str, default: bool| map.get(k).map_or(default, truthy);
         Self {
@@ -87,6 +105,9 @@ impl BuildSettings {
             force_reconfig: get("force_reconfig", false),
             kconfig_check: get("kconfig_check", true),
             ccache: get("ccache", false),
+            shared_dtc: get("shared_dtc", false),
+            lines: get("lines", false),
+            skip_unaffected: get("skip_unaffected", false),
         }
     }
 
@@ -266,6 +287,12 @@ mod tests {
             ]
         );
         assert!(s.kconfig_check);
+        assert!(!s.shared_dtc && !s.lines && !s.skip_unaffected);
+        let map: Map<String, Value> =
+            serde_json::from_str(r#"{"shared_dtc":true,"lines":1,"skip_unaffected":true}"#)
+                .unwrap();
+        let s = BuildSettings::from_json(&map);
+        assert!(s.shared_dtc && s.lines && s.skip_unaffected);
     }
 
     #[test]

@@ -14,13 +14,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::build_settings::{BuildSettings, JobSplit, MakeFlags};
 use crate::builder;
+use crate::dtc_cache::DtcCache;
 use crate::protocol::BoardSpec;
 use crate::toolchain::Toolchains;
 use crate::worktree::{self, GitError};
+
+/// Environment variable that makes a build thread panic when it reaches
+/// `<board>@<commit_upto>`: fault injection, so that tests can show that a
+/// panic still gives the boss one result per commit. Never set otherwise.
+pub const PANIC_INJECTION_VAR: &str = "WORKER_GUEST_TEST_PANIC";
 
 /// Default time between heartbeats for a board being built. The boss drops
 /// a worker after 300 s of silence; 30 s leaves a wide margin.
@@ -52,6 +58,8 @@ pub struct EngineConfig {
     pub make_flags: MakeFlags,
     /// Interval between heartbeats for boards being built.
     pub heartbeat_interval: Duration,
+    /// Time allowed to each git command (checkout, worktree set-up).
+    pub git_timeout: Duration,
 }
 
 /// The outcome of one board at one commit.
@@ -72,6 +80,9 @@ pub struct BuildOutcome {
     pub sizes: Option<String>,
     /// Config files of a failed build: output name → contents.
     pub config: BTreeMap<String, String>,
+    /// The source-lines manifest of a successful build (setting `lines`):
+    /// `<file>: <ranges>` lines, as buildman's `_scan_lines` makes it.
+    pub lines: Option<String>,
 }
 
 /// Progress and results of a build, in the order they happen.
@@ -112,9 +123,35 @@ pub(crate) struct Shared {
     pub sink: EventSink,
     pub base_env: HashMap<OsString, OsString>,
     pub ccache: Option<String>,
-    /// Files changed from commit `n - 1` to commit `n`, keyed by `n`;
-    /// computed once per build by whichever thread gets there first.
-    pub changes: Mutex<HashMap<usize, Option<Arc<Vec<String>>>>>,
+    /// Whether commit `n` changed a Kconfig file, keyed by `n`: buildman's
+    /// per-commit cache, answered by the first thread that asks (with its
+    /// own board's defconfig and `.config`) for every thread. Kept per
+    /// build; buildman keeps it for the life of the process, which would
+    /// answer a later build's commit `n` from an earlier build's.
+    pub kconfig_cache: Mutex<HashMap<usize, bool>>,
+    /// The shared dtc/pylibfdt build (setting `shared_dtc`).
+    pub dtc_cache: Option<DtcCache>,
+    /// `(board, commit_upto)` at which to panic (see
+    /// [`PANIC_INJECTION_VAR`]).
+    pub panic_at: Option<(String, usize)>,
+}
+
+impl Shared {
+    /// Panic if fault injection asks for it at this board and commit.
+    pub fn maybe_inject_panic(&self, board: &str, upto: usize) {
+        if let Some((b, u)) = &self.panic_at {
+            if b == board && *u == upto {
+                panic!("injected by {PANIC_INJECTION_VAR} at {board}@{upto}");
+            }
+        }
+    }
+}
+
+/// Read [`PANIC_INJECTION_VAR`] (`<board>@<commit_upto>`).
+fn panic_injection() -> Option<(String, usize)> {
+    let v = std::env::var(PANIC_INJECTION_VAR).ok()?;
+    let (board, upto) = v.rsplit_once('@')?;
+    Some((board.to_string(), upto.parse().ok()?))
 }
 
 /// A running build: threads waiting for boards until [`BuildSession::finish`].
@@ -146,7 +183,7 @@ impl BuildSession {
         let num_threads = num_threads.max(1);
         if commits.is_some() {
             sink(BuildEvent::Started { num_threads });
-            worktree::setup_worktrees(&cfg.work_dir, num_threads, |thread| {
+            worktree::setup_worktrees(&cfg.work_dir, num_threads, cfg.git_timeout, |thread| {
                 sink(BuildEvent::WorktreeCreated { thread })
             })?;
         } else {
@@ -157,6 +194,13 @@ impl BuildSession {
         } else {
             None
         };
+        let dtc_cache = cfg.settings.shared_dtc.then(|| {
+            let jobs = match split {
+                JobSplit::Fixed(n) => n,
+                JobSplit::Dynamic { .. } => crate::worker::default_nthreads(),
+            };
+            DtcCache::new(cfg.work_dir.join(".bm-work").join(".dtc"), jobs)
+        });
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
             commits,
@@ -167,7 +211,9 @@ impl BuildSession {
             sink,
             base_env: std::env::vars_os().collect(),
             ccache,
-            changes: Mutex::new(HashMap::new()),
+            kconfig_cache: Mutex::new(HashMap::new()),
+            dtc_cache,
+            panic_at: panic_injection(),
         });
         let (tx, rx) = mpsc::channel::<BoardSpec>();
         let rx = Arc::new(Mutex::new(rx));
@@ -215,10 +261,14 @@ impl BuildSession {
 }
 
 /// One build thread: take boards until the queue closes. Returns how many
-/// boards failed internally (a panic is caught so the thread keeps serving
-/// and the count reaches the boss as `exceptions`).
+/// boards failed internally. A panic while building a board is caught: the
+/// commits of that board that have no result yet get a failed one naming
+/// the panic (the boss waits for exactly one result per board and commit),
+/// the count reaches the boss as `exceptions`, and the thread goes on with
+/// the next board.
 fn build_thread(shared: &Shared, thread: usize, rx: &Mutex<mpsc::Receiver<BoardSpec>>) -> usize {
     let mut exceptions = 0;
+    let ncommits = shared.commits.as_ref().map_or(1, Vec::len);
     loop {
         let job = {
             let rx = rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -233,15 +283,53 @@ fn build_thread(shared: &Shared, thread: usize, rx: &Mutex<mpsc::Receiver<BoardS
             board: board.board.clone(),
             thread,
         });
+        let mut sent = vec![false; ncommits];
         let run = catch_unwind(AssertUnwindSafe(|| {
-            builder::run_job(shared, thread, &board)
+            builder::run_job(shared, thread, &board, &mut sent)
         }));
-        if run.is_err() {
-            tracing::error!("build of {} panicked", board.board);
+        if let Err(payload) = run {
+            let why = panic_text(payload.as_ref());
+            tracing::error!("build of {} panicked: {why}", board.board);
             exceptions += 1;
+            report_lost_commits(shared, &board.board, &sent, &why);
         }
         set_building(shared, thread, None);
         shared.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The message of a panic payload.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
+
+/// After a panic, send a failed result for every commit of `board` that
+/// has none yet. Sending is itself guarded: a sink that panics again must
+/// not take the build thread down.
+fn report_lost_commits(shared: &Shared, board: &str, sent: &[bool], why: &str) {
+    for (upto, _) in sent.iter().enumerate().filter(|(_, done)| !**done) {
+        let outcome = BuildOutcome {
+            board: board.to_string(),
+            commit_upto: upto,
+            return_code: 1,
+            stderr: format!("worker-guest: internal error, the build thread panicked: {why}\n"),
+            stdout: String::new(),
+            sizes: None,
+            config: BTreeMap::new(),
+            lines: None,
+        };
+        let delivered = catch_unwind(AssertUnwindSafe(|| {
+            (shared.sink)(BuildEvent::Result(outcome));
+        }));
+        if delivered.is_err() {
+            tracing::error!("cannot report {board}@{upto} after a panic");
+        }
     }
 }
 
@@ -295,12 +383,22 @@ pub fn build_boards(
 ) -> Result<Vec<BuildOutcome>, EngineError> {
     let results = Arc::new(Mutex::new(Vec::new()));
     let sink_results = results.clone();
+    let total = boards.len() * commits.as_ref().map_or(1, |c| c.len().max(1));
+    let progress = Mutex::new(Progress::new(total));
     let sink: EventSink = Arc::new(move |ev| {
-        if let BuildEvent::Result(r) = ev {
-            sink_results
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(r);
+        let mut progress = progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match ev {
+            BuildEvent::Result(r) => {
+                progress.done(&r);
+                sink_results
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(r);
+            }
+            BuildEvent::Heartbeat { board, .. } => progress.heartbeat(&board),
+            _ => {}
         }
     });
     let (num_threads, split) = batch_split(cfg.nthreads, boards.len());
@@ -316,6 +414,58 @@ pub fn build_boards(
     );
     out.sort_by(|a, b| (&a.board, a.commit_upto).cmp(&(&b.board, b.commit_upto)));
     Ok(out)
+}
+
+/// Progress of an in-process build, logged so that a long task shows on
+/// the guest's console (and so in the agent's log) while it runs: one line
+/// per board × commit done, and a line per board still building at most
+/// every [`PROGRESS_QUIET`].
+struct Progress {
+    total: usize,
+    done: usize,
+    started: Instant,
+    last_line: Instant,
+}
+
+/// Longest silence of [`Progress`] while a board builds.
+const PROGRESS_QUIET: Duration = Duration::from_secs(60);
+
+impl Progress {
+    fn new(total: usize) -> Self {
+        let now = Instant::now();
+        Self {
+            total,
+            done: 0,
+            started: now,
+            last_line: now,
+        }
+    }
+
+    fn done(&mut self, r: &BuildOutcome) {
+        self.done += 1;
+        self.last_line = Instant::now();
+        tracing::info!(
+            "built {}@{} ({}/{}, {}s): return code {}",
+            r.board,
+            r.commit_upto,
+            self.done,
+            self.total,
+            self.started.elapsed().as_secs(),
+            r.return_code
+        );
+    }
+
+    fn heartbeat(&mut self, board: &str) {
+        if self.last_line.elapsed() >= PROGRESS_QUIET {
+            self.last_line = Instant::now();
+            tracing::info!(
+                "building {board} ({}/{} done, {}s)",
+                self.done,
+                self.total,
+                self.started.elapsed().as_secs()
+            );
+        }
+    }
 }
 
 /// buildman's batch split: min(nthreads, boards) threads, each with

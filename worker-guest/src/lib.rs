@@ -9,12 +9,17 @@
 //! - [`protocol`]: the JSON-lines messages (the only module that knows them).
 //! - [`worker`]: the command loop serving a boss.
 //! - [`engine`]: the thread pool building boards × commits, with heartbeats.
-//! - `builder` (internal): one board at every commit (reconfigure and
-//!   retry rules).
+//! - `builder` (internal): one board at every commit (buildman's
+//!   reconfigure and retry rules); `build_step` (internal): one attempt at
+//!   one commit (checkout, make arguments and environment).
 //! - [`build_settings`]: `configure` settings → make arguments, `-j` split.
 //! - [`outputs`]: sizes, config files and Kconfig change detection.
+//! - [`dtc_cache`]: the shared dtc/pylibfdt build (`shared_dtc`), named by
+//!   a SHA-1 of its sources (buildman's key).
+//! - [`lines`]: the source-lines manifest (`lines`) from DWARF line tables.
 //! - [`elf`]: section sizes read from ELF headers.
 //! - [`worktree`]: per-thread git worktrees and checkouts.
+//! - [`git`]: every git command, each bounded in time.
 //! - [`toolchain`]: toolchains, `CROSS_COMPILE` and `PATH`.
 //! - [`settings_file`]: the buildman-style `~/.buildman` config file.
 //! - [`process`]: process group leadership, signals, killing builds.
@@ -31,9 +36,13 @@
 
 pub mod bootstrap;
 pub mod build_settings;
+mod build_step;
 mod builder;
+pub mod dtc_cache;
 pub mod elf;
 pub mod engine;
+pub mod git;
+pub mod lines;
 pub mod locate;
 pub mod outputs;
 pub mod process;

@@ -14,7 +14,16 @@ use worker_guest::protocol::ResponseWriter;
 use worker_guest::settings_file::BuildmanSettings;
 use worker_guest::tftp_client::{self, TftpClient};
 use worker_guest::worker::{default_nthreads, resolve_work_dir, run_worker, WorkerOptions};
-use worker_guest::{bootstrap, locate, task};
+use worker_guest::{bootstrap, git, locate, task};
+
+/// A positive, finite number of seconds from the command line.
+fn seconds(value: f64, option: &str) -> anyhow::Result<Duration> {
+    if value > 0.0 && value.is_finite() {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        anyhow::bail!("{option} must be a positive number of seconds")
+    }
+}
 
 /// Command line of the guest side. `--worker` is accepted as a flag (not
 /// only as the `worker` subcommand) because buildman's boss starts its
@@ -96,6 +105,16 @@ struct TaskArgs {
     /// found on PATH for each board architecture).
     #[arg(short = 'G', long = "config-file", value_name = "FILE")]
     config_file: Option<PathBuf>,
+
+    /// Seconds each local git command (checkout, worktree set-up) may
+    /// take.
+    #[arg(long, value_name = "SECS", default_value_t = git::LOCAL_TIMEOUT.as_secs_f64())]
+    git_timeout: f64,
+
+    /// Seconds `git clone` and `git fetch` of the task's repository may
+    /// take.
+    #[arg(long, value_name = "SECS", default_value_t = git::NETWORK_TIMEOUT.as_secs_f64())]
+    clone_timeout: f64,
 }
 
 /// Options of the bootstrap mode.
@@ -133,6 +152,11 @@ struct WorkerArgs {
     /// Seconds between heartbeats while a board builds.
     #[arg(long, value_name = "SECS", default_value_t = HEARTBEAT_INTERVAL.as_secs_f64())]
     heartbeat_interval: f64,
+
+    /// Seconds each git command (checkout, worktree set-up) may take
+    /// before its process group is killed and the step fails.
+    #[arg(long, value_name = "SECS", default_value_t = git::LOCAL_TIMEOUT.as_secs_f64())]
+    git_timeout: f64,
 }
 
 fn init_logging(debug: bool, quiet_default: &str) {
@@ -162,14 +186,12 @@ fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         Some(p) => BuildmanSettings::load(p)?,
         None => BuildmanSettings::default(),
     };
-    if !(args.heartbeat_interval > 0.0 && args.heartbeat_interval.is_finite()) {
-        anyhow::bail!("--heartbeat-interval must be a positive number of seconds");
-    }
     let opts = WorkerOptions {
         work_dir: resolve_work_dir(&args.git),
         nthreads: args.threads.unwrap_or_else(default_nthreads).max(1),
         settings_file,
-        heartbeat_interval: Duration::from_secs_f64(args.heartbeat_interval),
+        heartbeat_interval: seconds(args.heartbeat_interval, "--heartbeat-interval")?,
+        git_timeout: seconds(args.git_timeout, "--git-timeout")?,
     };
     let out = ResponseWriter::new(Box::new(std::io::stdout()));
     let input = BufReader::new(std::io::stdin());
@@ -227,6 +249,10 @@ fn task_mode(args: TaskArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.tftp.debug, "info");
     kill_group_on_signals(group).context("setting up signal handling")?;
     let client = tftp_client(&args.tftp)?;
+    let git_timeouts = worker_guest::repository::CloneTimeouts {
+        network: seconds(args.clone_timeout, "--clone-timeout")?,
+        local: seconds(args.git_timeout, "--git-timeout")?,
+    };
     let settings_file = match task_settings(args.config_file.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -242,6 +268,7 @@ fn task_mode(args: TaskArgs) -> anyhow::Result<ExitCode> {
         nthreads: args.threads.unwrap_or_else(default_nthreads).max(1),
         settings_file,
         search_path: std::env::var_os("PATH").unwrap_or_default(),
+        git_timeouts,
     };
     let result = task::run_task(&client, &opts).context("task failed with no result uploaded")?;
     tracing::info!("result uploaded: {}", result.status);

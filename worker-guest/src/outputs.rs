@@ -76,12 +76,28 @@ fn split_ext(name: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// Remove the config files of an earlier build before configuring, so a
-/// failed defconfig cannot report another board's config as this one's.
-pub fn remove_config_files(out_dir: &Path) {
-    for (_, path) in config_file_map(out_dir) {
-        let _ = std::fs::remove_file(path);
+/// File in a build directory naming the board whose defconfig last
+/// succeeded there. buildman leaves the config files of the board built
+/// before in place (removing them would change what make rebuilds), so a
+/// failed defconfig leaves another board's `.config` behind; this record
+/// tells whose the files are, and only the board's own are reported.
+const CONFIGURED_BOARD: &str = ".worker-guest-board";
+
+/// Before a defconfig: the directory's config no longer belongs to anyone.
+pub fn forget_configured_board(out_dir: &Path) {
+    let _ = std::fs::remove_file(out_dir.join(CONFIGURED_BOARD));
+}
+
+/// After a successful defconfig of `board`.
+pub fn mark_configured_board(out_dir: &Path, board: &str) {
+    if let Err(e) = std::fs::write(out_dir.join(CONFIGURED_BOARD), board) {
+        tracing::warn!("cannot record the board of {}: {e}", out_dir.display());
     }
+}
+
+/// Whether the config files in `out_dir` are `board`'s.
+pub fn configured_for(out_dir: &Path, board: &str) -> bool {
+    std::fs::read_to_string(out_dir.join(CONFIGURED_BOARD)).is_ok_and(|b| b == board)
 }
 
 /// Read the config files of a build, for the `config` of a failed result.
@@ -168,10 +184,12 @@ pub fn sizes(out_dir: &Path, tc: &Toolchain, env: &HashMap<OsString, OsString>) 
     }
 }
 
-/// Whether the board's defconfig or any `Kconfig*` file of the source
-/// (outside dot-directories and `build`) is newer than `cfg_file`, i.e.
-/// whether the checkout changed the configuration. False if `cfg_file`
-/// does not exist.
+/// buildman's `kconfig_changed_since`: whether the board's defconfig or
+/// any `Kconfig*` file of the source (outside dot-directories and `build`)
+/// is newer than `cfg_file`, i.e. whether the checkout changed the
+/// configuration. False if `cfg_file` does not exist. Like Python's
+/// `os.walk`, a symbolic link to a directory counts as a directory but is
+/// not entered, and a link to a file is judged by its target's time.
 pub fn kconfig_changed_since(cfg_file: &Path, src_dir: &Path, target: &str) -> bool {
     let Ok(ref_time) = std::fs::metadata(cfg_file).and_then(|m| m.modified()) else {
         return false;
@@ -193,11 +211,13 @@ pub fn kconfig_changed_since(cfg_file: &Path, src_dir: &Path, target: &str) -> b
             let name = e.file_name();
             let name = name.to_string_lossy();
             let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() {
-                if !name.starts_with('.') && name != "build" {
-                    stack.push(e.path());
+            let path = e.path();
+            let is_dir = ft.is_dir() || (ft.is_symlink() && path.is_dir());
+            if is_dir {
+                if ft.is_dir() && !name.starts_with('.') && name != "build" {
+                    stack.push(path);
                 }
-            } else if name.starts_with("Kconfig") && newer(&e.path()) {
+            } else if name.starts_with("Kconfig") && newer(&path) {
                 return true;
             }
         }

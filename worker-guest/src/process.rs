@@ -7,6 +7,8 @@
 //! inherit our process group, so one `killpg(SIGKILL)` reaches all of them,
 //! including grandchildren that were re-parented.
 
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 use std::thread;
 use std::time::Duration;
 
@@ -55,6 +57,7 @@ impl ProcessGroup {
     /// Kill every process of the group, this one included, with SIGKILL.
     /// Used when the boss is gone: nothing is left to report to.
     pub fn kill_all_and_exit(&self) -> ! {
+        kill_child_groups();
         if self.leader {
             // SAFETY: killpg takes plain integers.
             unsafe {
@@ -71,6 +74,7 @@ impl ProcessGroup {
     /// that a make that was forking does not leave a compiler behind. Used
     /// by `quit`, after which we exit normally.
     pub fn kill_others(&self) {
+        kill_child_groups();
         // SAFETY: getpid has no preconditions.
         let me = unsafe { libc::getpid() };
         for _ in 0..100 {
@@ -111,6 +115,69 @@ impl ProcessGroup {
             .filter(|p| p.pid != me && p.state != 'Z' && tree.contains(&p.pid))
             .map(|p| p.pid)
             .collect()
+    }
+}
+
+/// Process groups of our own children that left our group (git commands
+/// run in a group of their own so a timeout can kill all of them): they
+/// must die with the worker too.
+static CHILD_GROUPS: Mutex<BTreeSet<libc::pid_t>> = Mutex::new(BTreeSet::new());
+
+/// A child process group registered for killing while it runs; dropping
+/// the guard (once the child is reaped) unregisters it.
+#[derive(Debug)]
+pub struct ChildGroup(libc::pid_t);
+
+impl ChildGroup {
+    /// Register the group led by our child `pid` (spawned with its own
+    /// process group).
+    pub fn register(pid: u32) -> Self {
+        let pgid = libc::pid_t::try_from(pid).unwrap_or(0);
+        if pgid > 0 {
+            CHILD_GROUPS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(pgid);
+        }
+        Self(pgid)
+    }
+
+    /// Kill every process of the group with SIGKILL.
+    pub fn kill(&self) {
+        if self.0 > 0 {
+            // SAFETY: killpg takes plain integers. The group's leader is
+            // our child, unreaped when its time ran out; that it is reaped
+            // and its id reused in the moment between is not a practical
+            // concern.
+            unsafe {
+                libc::killpg(self.0, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for ChildGroup {
+    fn drop(&mut self) {
+        CHILD_GROUPS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.0);
+    }
+}
+
+/// Kill every registered child group (see [`ChildGroup`]).
+fn kill_child_groups() {
+    let groups: Vec<libc::pid_t> = CHILD_GROUPS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .copied()
+        .collect();
+    for pgid in groups {
+        // SAFETY: killpg takes plain integers.
+        unsafe {
+            libc::killpg(pgid, libc::SIGKILL);
+        }
     }
 }
 

@@ -245,7 +245,7 @@ pub struct BuildResultMsg {
     /// Config files of a failed build (output name → contents).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config: BTreeMap<String, String>,
-    /// Source-line manifest (`--lines`); we never produce one.
+    /// Source-lines manifest of a successful build (setting `lines`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub lines: String,
 }

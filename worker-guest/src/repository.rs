@@ -5,27 +5,39 @@
 //! anywhere in the history and the engine checks each one out. git runs
 //! with prompts disabled and stdin closed: a guest has nobody to type a
 //! password, and a clone that waits for one would only end at the agent's
-//! build timeout.
+//! build timeout. For the same reason every command has a time limit
+//! ([`CloneTimeouts`]): a remote that accepts the connection and then says
+//! nothing ends in an error naming the command, not in a silent guest.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::git::{self, GitError};
+
+/// How long the git commands of a clone may take.
+#[derive(Debug, Clone, Copy)]
+pub struct CloneTimeouts {
+    /// `git clone` and `git fetch`, which talk to the remote.
+    pub network: Duration,
+    /// Local commands (`checkout`, `rev-parse`).
+    pub local: Duration,
+}
+
+impl Default for CloneTimeouts {
+    fn default() -> Self {
+        Self {
+            network: git::NETWORK_TIMEOUT,
+            local: git::LOCAL_TIMEOUT,
+        }
+    }
+}
 
 /// A clone or checkout that failed; the message carries git's own words.
 #[derive(Debug, thiserror::Error)]
 pub enum CloneError {
-    /// git could not be started.
-    #[error("cannot run git: {0}")]
-    Spawn(std::io::Error),
-    /// A git command failed.
-    #[error("git {args} failed (exit status {status}): {stderr}")]
-    Git {
-        /// The arguments.
-        args: String,
-        /// Its exit status.
-        status: String,
-        /// What git said.
-        stderr: String,
-    },
+    /// A git command failed, could not start or timed out.
+    #[error(transparent)]
+    Git(#[from] GitError),
     /// The destination could not be prepared.
     #[error("cannot create {path}: {source}")]
     Dir {
@@ -47,34 +59,26 @@ pub enum CloneError {
     },
 }
 
-/// Runs git with `args` in `cwd`, returning its stdout.
-fn git(cwd: &Path, args: &[&str]) -> Result<String, CloneError> {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(cwd)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_ASKPASS", "true")
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(CloneError::Spawn)?;
-    if out.status.success() {
-        return Ok(String::from_utf8_lossy(&out.stdout).trim().to_string());
-    }
-    Err(CloneError::Git {
-        args: args.join(" "),
-        status: out
-            .status
-            .code()
-            .map_or_else(|| "killed".to_string(), |c| c.to_string()),
-        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    })
+/// Runs git with `args` in `cwd` without prompts, within `timeout`,
+/// returning its stdout.
+fn git(cwd: &Path, args: &[&str], timeout: Duration) -> Result<String, CloneError> {
+    let env = [
+        ("GIT_TERMINAL_PROMPT", "0"),
+        ("GIT_ASKPASS", "true"),
+        ("LC_ALL", "C"),
+    ];
+    Ok(git::run(cwd, args, &env, timeout)?.trim().to_string())
 }
 
 /// Clones `url` into `dest` (which must not exist or be empty) and checks
 /// out `reference` (a branch, tag or commit; a ref only the remote has,
 /// such as `refs/pull/1/head`, is fetched). Returns the checked-out commit.
-pub fn clone(url: &str, reference: Option<&str>, dest: &Path) -> Result<String, CloneError> {
+pub fn clone(
+    url: &str,
+    reference: Option<&str>,
+    dest: &Path,
+    timeouts: CloneTimeouts,
+) -> Result<String, CloneError> {
     let dest = if dest.is_absolute() {
         dest.to_path_buf()
     } else {
@@ -92,12 +96,26 @@ pub fn clone(url: &str, reference: Option<&str>, dest: &Path) -> Result<String, 
     })?;
     let dest_arg = dest.to_string_lossy();
     tracing::info!("cloning {url} into {}", dest.display());
-    git(parent, &["clone", "-q", "--", url, &dest_arg])?;
+    git(
+        parent,
+        &["clone", "-q", "--", url, &dest_arg],
+        timeouts.network,
+    )?;
     if let Some(reference) = reference {
         tracing::info!("checking out {reference}");
-        if let Err(checkout) = git(&dest, &["checkout", "-q", "-f", reference]) {
-            let fetched = git(&dest, &["fetch", "-q", "origin", reference])
-                .and_then(|_| git(&dest, &["checkout", "-q", "-f", "FETCH_HEAD"]));
+        if let Err(checkout) = git(&dest, &["checkout", "-q", "-f", reference], timeouts.local) {
+            let fetched = git(
+                &dest,
+                &["fetch", "-q", "origin", reference],
+                timeouts.network,
+            )
+            .and_then(|_| {
+                git(
+                    &dest,
+                    &["checkout", "-q", "-f", "FETCH_HEAD"],
+                    timeouts.local,
+                )
+            });
             if let Err(fetch) = fetched {
                 return Err(CloneError::Ref {
                     reference: reference.to_string(),
@@ -107,5 +125,5 @@ pub fn clone(url: &str, reference: Option<&str>, dest: &Path) -> Result<String, 
             }
         }
     }
-    git(&dest, &["rev-parse", "HEAD"])
+    git(&dest, &["rev-parse", "HEAD"], timeouts.local)
 }

@@ -258,6 +258,7 @@ mod tests {
             stdout: "  CC  x.o\n".into(),
             sizes: sizes.map(str::to_string),
             config: Default::default(),
+            lines: None,
         }
     }
 

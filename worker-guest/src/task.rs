@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use crate::build_settings::{BuildSettings, MakeFlags};
 use crate::engine::{self, EngineConfig, EngineError, HEARTBEAT_INTERVAL};
 use crate::protocol::BoardSpec;
-use crate::repository::{self, CloneError};
+use crate::repository::{self, CloneError, CloneTimeouts};
 use crate::results::{self, MAX_RESULT_BYTES};
 use crate::settings_file::BuildmanSettings;
 use crate::tftp_client::{TftpClient, TftpError};
@@ -42,6 +42,8 @@ pub struct TaskOptions {
     /// `PATH`-style list searched for compilers when there is no settings
     /// file.
     pub search_path: OsString,
+    /// Time limits of the git commands (clone, checkouts).
+    pub git_timeouts: CloneTimeouts,
 }
 
 /// Why a task ended without an uploaded result, or why a build could not
@@ -209,7 +211,7 @@ fn build(task: &TaskManifest, opts: &TaskOptions) -> Result<ResultManifest, Task
         return Err(TaskError::NoBoards);
     }
     let (url, reference) = task.repository();
-    let head = repository::clone(url, reference, &opts.work_dir)?;
+    let head = repository::clone(url, reference, &opts.work_dir, opts.git_timeouts)?;
     tracing::info!("source at {head}");
     let toolchains = match &opts.settings_file {
         Some(s) => Toolchains::from_settings(s),
@@ -227,6 +229,7 @@ fn build(task: &TaskManifest, opts: &TaskOptions) -> Result<ResultManifest, Task
         toolchains,
         make_flags,
         heartbeat_interval: HEARTBEAT_INTERVAL,
+        git_timeout: opts.git_timeouts.local,
     });
     let specs: Vec<BoardSpec> = boards
         .iter()
@@ -236,15 +239,8 @@ fn build(task: &TaskManifest, opts: &TaskOptions) -> Result<ResultManifest, Task
         })
         .collect();
     let commits = (!task.commits.is_empty()).then(|| task.commits.clone());
+    // build_boards logs each board × commit as it finishes.
     let outcomes = engine::build_boards(cfg, &specs, commits)?;
-    for o in &outcomes {
-        tracing::info!(
-            "{}@{}: return code {}",
-            o.board,
-            o.commit_upto,
-            o.return_code
-        );
-    }
     Ok(results::build_result(
         task,
         &boards,
@@ -277,6 +273,7 @@ mod tests {
             nthreads: 1,
             settings_file: None,
             search_path: OsString::new(),
+            git_timeouts: CloneTimeouts::default(),
         };
         let raw = b": 1\nname: fx\nversion: 1\nrepository-url: file:///x\nmachine: m\ntarget: t\n";
         let r = perform(raw, &opts);

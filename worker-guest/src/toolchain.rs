@@ -276,28 +276,14 @@ impl Toolchains {
     }
 }
 
-/// Target-triplet endings tried, in order, after `<arch>` when looking for
-/// a cross compiler on `PATH` (`aarch64` → `aarch64-linux-gnu-gcc`, then
-/// `aarch64-linux-gcc`, ...): Debian's cross packages first, then the names
-/// kernel.org and bare-metal toolchains use.
-pub const AUTO_TRIPLET_ENDINGS: [&str; 9] = [
-    "-linux-gnu",
-    "-linux",
-    "-none-elf",
-    "-elf",
-    "-unknown-linux-gnu",
-    "-none-linux-gnu",
-    "-linux-gnueabihf",
-    "-linux-gnueabi",
-    "-none-eabi",
-];
-
-/// Other compiler architectures that build a buildman architecture (as
-/// buildman's default `[toolchain-alias]` section has them).
+/// Other compiler architectures that build a buildman architecture:
+/// buildman's default `[toolchain-alias]` section (`x86` → `i386`,
+/// `riscv` → `riscv32`, `sh` → `sh4`) with the names Debian and
+/// kernel.org compilers also use.
 fn arch_aliases(arch: &str) -> &'static [&'static str] {
     match arch {
         "x86" => &["i386", "i686", "x86_64"],
-        "riscv" => &["riscv64", "riscv32"],
+        "riscv" => &["riscv32", "riscv64"],
         "blackfin" => &["bfin"],
         "nds32" => &["nds32le"],
         "openrisc" => &["or1k"],
@@ -306,50 +292,51 @@ fn arch_aliases(arch: &str) -> &'static [&'static str] {
     }
 }
 
-/// The compiler names tried for a board architecture when no settings file
-/// says which one to use: host `gcc` for `sandbox` (no prefix, as buildman
-/// builds it), else `<arch><ending>-gcc` for every ending of
-/// [`AUTO_TRIPLET_ENDINGS`], then the same for the architecture's aliases.
-pub fn auto_candidates(arch: &str) -> Vec<String> {
-    if arch == "sandbox" {
-        return vec!["gcc".to_string()];
-    }
-    std::iter::once(arch)
-        .chain(arch_aliases(arch).iter().copied())
-        .flat_map(|a| {
-            AUTO_TRIPLET_ENDINGS
-                .iter()
-                .map(move |e| format!("{a}{e}-gcc"))
-        })
-        .collect()
-}
-
 impl Toolchains {
-    /// Find a toolchain for each of `archs` on the search path `path` (a
-    /// `PATH`-style list), for a guest that has no `~/.buildman`: the first
-    /// executable of [`auto_candidates`] in path order wins. Architectures
-    /// with no compiler are left out, so their boards report buildman's
-    /// "No tool chain found" (return code 10).
+    /// The toolchains of a guest without a `~/.buildman`, found the way
+    /// buildman's `toolchain.py` scans a toolchain directory, over the
+    /// directories of `path` (a `PATH`-style list) in order: every `*gcc`
+    /// is a compiler for the architecture named by the first word of its
+    /// prefix (`arm-linux-gnueabihf-gcc` → `arm`, `aarch64-linux-gnu-gcc` →
+    /// `aarch64`; plain `gcc` → `sandbox`, the host compiler with no
+    /// `CROSS_COMPILE`); when several build one architecture, buildman's
+    /// ranking by name decides (`-elf` first, then `-unknown-linux-gnu`,
+    /// `-linux` ...), the first found on a tie. `archs` are the boards'
+    /// architectures, logged with the compiler each gets (or that none
+    /// does: such boards report "No tool chain found", return code 10).
     pub fn detect<'a>(archs: impl IntoIterator<Item = &'a str>, path: &std::ffi::OsStr) -> Self {
-        let dirs: Vec<PathBuf> = std::env::split_paths(path)
-            .filter(|d| !d.as_os_str().is_empty())
-            .collect();
         let mut tcs = Self::new();
+        for dir in std::env::split_paths(path).filter(|d| !d.as_os_str().is_empty()) {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            let mut names: Vec<String> = entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with("gcc") && !is_doubled_prefix(n))
+                .collect();
+            names.sort();
+            for name in names {
+                let gcc = dir.join(name);
+                let prio = calc_priority(&gcc);
+                tcs.add(Toolchain::new(gcc, None, prio));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
         for arch in archs {
-            if tcs.by_arch.contains_key(arch) {
+            if !seen.insert(arch.to_string()) {
                 continue;
             }
-            let found = auto_candidates(arch).into_iter().find_map(|name| {
-                dirs.iter()
-                    .map(|d| d.join(&name))
-                    .find(|p| is_executable(p))
-            });
-            match found {
-                Some(gcc) => {
-                    tracing::info!("toolchain for {arch}: {}", gcc.display());
-                    tcs.add(Toolchain::new(gcc, Some(arch), PRIORITY_FULL_PREFIX));
-                }
-                None => tracing::warn!("no compiler for arch '{arch}' on PATH"),
+            let aliases = arch_aliases(arch);
+            if !aliases.is_empty() {
+                tcs.aliases.push((
+                    arch.to_string(),
+                    aliases.iter().map(|a| a.to_string()).collect(),
+                ));
+            }
+            match tcs.select(arch) {
+                Ok(tc) => tracing::info!("toolchain for {arch}: {}", tc.gcc.display()),
+                Err(_) => tracing::warn!("no compiler for arch '{arch}' on PATH"),
             }
         }
         tcs
@@ -424,28 +411,34 @@ mod tests {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         };
         exe(a.join("gcc"));
-        // The -linux-gnu name wins over -none-elf, wherever it lies.
-        exe(a.join("aarch64-none-elf-gcc"));
-        exe(b.join("aarch64-linux-gnu-gcc"));
+        exe(b.join("gcc"));
+        // buildman ranks -elf above -linux, wherever they lie on PATH.
+        exe(a.join("aarch64-linux-gnu-gcc"));
+        exe(b.join("aarch64-none-elf-gcc"));
+        // -linux (matched in -linux-gnueabihf) above -none-eabi.
+        exe(a.join("arm-none-eabi-gcc"));
+        exe(b.join("arm-linux-gnueabihf-gcc"));
         exe(b.join("riscv64-linux-gcc"));
-        // Not executable: ignored.
-        std::fs::write(a.join("arm-linux-gnueabi-gcc"), "").unwrap();
+        // Not executable, or a doubled prefix: ignored.
+        std::fs::write(a.join("mips-linux-gnu-gcc"), "").unwrap();
+        exe(a.join("x86_64-linux-x86_64-linux-gcc"));
         let path = std::env::join_paths([&a, &b]).unwrap();
-        let tcs = Toolchains::detect(["sandbox", "aarch64", "riscv", "arm", "aarch64"], &path);
+        let tcs = Toolchains::detect(["sandbox", "aarch64", "riscv", "arm", "mips", "x86"], &path);
         let sandbox = tcs.select("sandbox").unwrap();
+        // The first gcc on PATH.
         assert_eq!(
             (sandbox.gcc.clone(), sandbox.cross.as_str()),
             (a.join("gcc"), "")
         );
         let arm64 = tcs.select("aarch64").unwrap();
-        assert_eq!(arm64.gcc, b.join("aarch64-linux-gnu-gcc"));
-        assert_eq!(arm64.cross, "aarch64-linux-gnu-");
+        assert_eq!(arm64.gcc, b.join("aarch64-none-elf-gcc"));
+        assert_eq!(arm64.cross, "aarch64-none-elf-");
+        let arm = tcs.select("arm").unwrap();
+        assert_eq!(arm.gcc, b.join("arm-linux-gnueabihf-gcc"));
         let riscv = tcs.select("riscv").unwrap();
-        assert_eq!(
-            (riscv.cross.as_str(), riscv.arch.as_str()),
-            ("riscv64-linux-", "riscv")
-        );
-        assert!(tcs.select("arm").is_err());
+        assert_eq!(riscv.cross, "riscv64-linux-");
+        assert!(tcs.select("mips").is_err());
+        assert!(tcs.select("x86").is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -35,6 +35,8 @@ pub struct WorkerOptions {
     pub settings_file: BuildmanSettings,
     /// Interval between heartbeats while a board builds.
     pub heartbeat_interval: Duration,
+    /// Time allowed to each git command.
+    pub git_timeout: Duration,
 }
 
 /// Number of CPUs we may use.
@@ -81,6 +83,7 @@ impl State {
             toolchains: self.toolchains.clone(),
             make_flags: self.make_flags.clone(),
             heartbeat_interval: self.opts.heartbeat_interval,
+            git_timeout: self.opts.git_timeout,
         })
     }
 }
@@ -102,7 +105,7 @@ fn event_sink(out: &ResponseWriter) -> EventSink {
                 load_avg: load_avg(),
                 sizes: r.sizes.map(|raw| Sizes { raw }),
                 config: r.config,
-                lines: String::new(),
+                lines: r.lines.unwrap_or_default(),
             }),
         };
         if let Err(e) = out.send(&resp) {
@@ -234,7 +237,7 @@ fn handle(state: &mut State, cmd: Command, out: &ResponseWriter) {
         }
     };
     match cmd {
-        Command::Setup { work_dir } => match setup(work_dir) {
+        Command::Setup { work_dir } => match setup(work_dir, state.opts.git_timeout) {
             Ok((dir, auto)) => {
                 let git_dir = dir.join(".git");
                 send(Response::SetupDone {
@@ -258,6 +261,12 @@ fn handle(state: &mut State, cmd: Command, out: &ResponseWriter) {
                 "configure: {settings:?}, toolchains {:?}",
                 state.toolchains.archs()
             );
+            if state.settings.skip_unaffected {
+                tracing::info!(
+                    "skip_unaffected: every commit is built, as by buildman's own worker \
+                     (skipping copies a board's previous result files, and a worker has none)"
+                );
+            }
             send(Response::ConfigureDone);
         }
         Command::BuildBoards { boards, commits } => {
@@ -362,7 +371,7 @@ fn no_builder() -> Response {
 /// `setup`: use (or create) the work directory and make sure it holds a git
 /// repository the boss can push to. Returns the directory and whether we
 /// created it (then `quit` removes it).
-fn setup(work_dir: Option<String>) -> Result<(PathBuf, bool), String> {
+fn setup(work_dir: Option<String>, git_timeout: Duration) -> Result<(PathBuf, bool), String> {
     let (dir, auto) = match work_dir {
         Some(d) => (PathBuf::from(d), false),
         None => (
@@ -373,7 +382,8 @@ fn setup(work_dir: Option<String>) -> Result<(PathBuf, bool), String> {
     std::fs::create_dir_all(&dir)
         .map_err(|e| format!("cannot create work directory {}: {e}", dir.display()))?;
     if !dir.join(".git").is_dir() {
-        worktree::run_git(&dir, &["init", "-q"]).map_err(|e| format!("git init failed: {e}"))?;
+        worktree::run_git(&dir, &["init", "-q"], git_timeout)
+            .map_err(|e| format!("git init failed: {e}"))?;
     }
     Ok((dir, auto))
 }

@@ -5,40 +5,13 @@
 //! reused across builds (their `build/` directories make later builds
 //! incremental); a worker killed mid-checkout leaves `index.lock` files and
 //! dangling worktree records behind, which are cleaned up here first.
+//! Every git command is bounded in time (see [`crate::git`]).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::time::Duration;
 
-/// A git operation on the work directory failed.
-#[derive(Debug, thiserror::Error)]
-pub enum GitError {
-    /// git could not be started.
-    #[error("cannot run git {args}: {source}")]
-    Spawn {
-        /// The git arguments.
-        args: String,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// git ran and failed.
-    #[error("git {args} failed: {stderr}")]
-    Failed {
-        /// The git arguments.
-        args: String,
-        /// What git said.
-        stderr: String,
-    },
-    /// A file system operation on the worktree area failed.
-    #[error("{what} {path}: {source}")]
-    Io {
-        /// The operation.
-        what: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-}
+use crate::git;
+pub use crate::git::GitError;
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> GitError + 'a {
     move |source| GitError::Io {
@@ -48,28 +21,10 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error)
     }
 }
 
-/// Run git in `cwd` with stdin closed; return an error carrying git's
-/// stderr if it fails.
-pub fn run_git(cwd: &Path, args: &[&str]) -> Result<(), GitError> {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|source| GitError::Spawn {
-            args: args.join(" "),
-            source,
-        })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(GitError::Failed {
-            args: args.join(" "),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
-    }
+/// Run git in `cwd` with stdin closed, giving up after `timeout`; the
+/// error carries git's stderr.
+pub fn run_git(cwd: &Path, args: &[&str], timeout: Duration) -> Result<(), GitError> {
+    git::run(cwd, args, &[], timeout).map(|_| ())
 }
 
 /// The directory of thread `n`: `<work_dir>/.bm-work/NN`.
@@ -109,9 +64,11 @@ pub fn remove_stale_lock(dot_git: &Path) {
 /// Make sure threads `0..n` each have a valid worktree, creating missing
 /// ones one after the other (so they do not fight over the repository's
 /// lock) and calling `created(thread)` after each, for progress reports.
+/// Each git command may take up to `timeout`.
 pub fn setup_worktrees(
     work_dir: &Path,
     n: usize,
+    timeout: Duration,
     mut created: impl FnMut(usize),
 ) -> Result<(), GitError> {
     let bm_work = work_dir.join(".bm-work");
@@ -119,7 +76,7 @@ pub fn setup_worktrees(
     let git_dir = work_dir.join(".git");
     let abs_git = std::fs::canonicalize(&git_dir).map_err(io_err("cannot find", &git_dir))?;
     remove_stale_lock(&git_dir);
-    run_git(work_dir, &["worktree", "prune"])?;
+    run_git(work_dir, &["worktree", "prune"], timeout)?;
 
     for i in 0..n {
         let dir = thread_dir(work_dir, i);
@@ -140,10 +97,25 @@ pub fn setup_worktrees(
                 std::fs::remove_dir_all(&dir).map_err(io_err("cannot remove", &dir))?;
             }
             std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
+            // Without a checkout: the build thread's first `checkout -f`
+            // writes the tree anyway. A checkout here would be a second
+            // full write of the tree (seconds each on a large tree, tens
+            // of seconds on a busy machine), made one worktree after the
+            // other while the command loop sends nothing; in the threads
+            // it happens in parallel, with heartbeats.
             let git_arg = abs_git.to_string_lossy();
             run_git(
                 &dir,
-                &["--git-dir", &git_arg, "worktree", "add", ".", "--detach"],
+                &[
+                    "--git-dir",
+                    &git_arg,
+                    "worktree",
+                    "add",
+                    "--no-checkout",
+                    ".",
+                    "--detach",
+                ],
+                timeout,
             )?;
         } else {
             remove_stale_lock(&dot_git);
@@ -163,33 +135,8 @@ pub fn setup_thread_dirs(work_dir: &Path, n: usize) -> Result<(), GitError> {
     Ok(())
 }
 
-/// The files (paths relative to the top of the tree) that differ between
-/// two commits, from `git diff --name-only`.
-pub fn changed_files(dir: &Path, from: &str, to: &str) -> Result<Vec<String>, GitError> {
-    let args = ["diff", "--name-only", "--no-renames", from, to];
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| GitError::Spawn {
-            args: args.join(" "),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(GitError::Failed {
-            args: args.join(" "),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect())
-}
-
 /// Check out `commit` in a thread's worktree, discarding local changes.
-pub fn checkout(dir: &Path, commit: &str) -> Result<(), GitError> {
+pub fn checkout(dir: &Path, commit: &str, timeout: Duration) -> Result<(), GitError> {
     remove_stale_lock(&dir.join(".git"));
-    run_git(dir, &["checkout", "-q", "-f", commit])
+    run_git(dir, &["checkout", "-q", "-f", commit], timeout)
 }

@@ -31,6 +31,7 @@ fn build_boards_in_process() {
         toolchains,
         make_flags: MakeFlags::default(),
         heartbeat_interval: Duration::from_secs(30),
+        git_timeout: worker_guest::git::LOCAL_TIMEOUT,
     });
     let boards = [
         BoardSpec {

@@ -118,6 +118,19 @@ fn dist_build_matches_local_build() {
         let host = std::fs::read_to_string(&host).unwrap_or_default();
         assert_eq!(host.trim(), "rusty", "{key}");
     }
+    // One size line per image, as buildman writes them: qemu_arm64 links
+    // U-Boot, SPL and TPL.
+    for (key, (_, _, sizes)) in d.iter().filter(|(k, _)| k.ends_with("/qemu_arm64")) {
+        let files: Vec<&str> = sizes
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .collect();
+        assert_eq!(
+            files,
+            ["u-boot", "spl/u-boot-spl", "tpl/u-boot-tpl"],
+            "{key}: {sizes}"
+        );
+    }
     // The failed build carries its config.
     let broken = d
         .iter()
@@ -155,4 +168,55 @@ fn dist_build_matches_local_build() {
         assert!(summaries[0].contains("sandbox_broken"), "{}", summaries[0]);
         assert!(summaries[0].contains("sandbox_warn"), "{}", summaries[0]);
     }
+}
+
+/// `--lines`: the boss writes each build's `lines` file from the manifest
+/// our worker sends; it must be the file a local build writes.
+#[test]
+fn lines_files_match_local_build() {
+    let dir = TestDir::new("real-boss-lines");
+    let fx = Fixture::create(&dir.path.join("src"));
+    let boss = Boss::new(&dir.path, &["rusty"], 0);
+    let boards = ["qemu_arm64", "sandbox_broken"];
+    let mut files = Vec::new();
+    for (name, extra) in [
+        ("dist", &["--dist", "--no-local", "--lines"][..]),
+        ("local", &["--lines"][..]),
+    ] {
+        let out = dir.path.join(format!("out-{name}"));
+        let out_s = out.to_string_lossy().into_owned();
+        let mut args = vec!["-b", fx.branch.as_str(), "-c", "3", "-o", &out_s];
+        args.extend_from_slice(extra);
+        args.extend(boards);
+        let run = boss.run(&fx.dir, &args);
+        assert!(
+            text(&run).contains("Completed: 6 total built"),
+            "{name}:\n{}",
+            text(&run)
+        );
+        let mut map = BTreeMap::new();
+        let mut commits: Vec<_> = std::fs::read_dir(out.join("master"))
+            .expect("output")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('0'))
+            .collect();
+        commits.sort_by_key(|e| e.file_name());
+        for c in commits {
+            for b in boards {
+                let lines = std::fs::read_to_string(c.path().join(b).join("lines")).ok();
+                map.insert(format!("{}/{b}", c.file_name().to_string_lossy()), lines);
+            }
+        }
+        files.push(map);
+    }
+    assert_eq!(files[0], files[1], "lines files differ (dist first)");
+    // Successful builds have one; sandbox_broken's failed build none.
+    let with_lines = files[0].values().filter(|l| l.is_some()).count();
+    assert_eq!(with_lines, 5, "{:#?}", files[0]);
+    let arm = files[0]
+        .iter()
+        .find(|(k, _)| k.ends_with("/qemu_arm64"))
+        .and_then(|(_, l)| l.clone())
+        .unwrap_or_default();
+    assert!(arm.contains("spl:common/main.c: "), "{arm}");
 }

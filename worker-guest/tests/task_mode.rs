@@ -7,56 +7,13 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::fixture::{Fixture, BROKEN_COMMIT};
-use common::tftp::{wait_for_file, AsyncTftpServer};
-use common::{worker_bin, TestDir};
-use manifests::{Document, ResultManifest, ResultStatus};
-
-/// Runs `worker-guest task` against `server` with `HOME` in `home` (no
-/// ~/.buildman there: toolchains come from PATH).
-fn run_task(server: &str, work: &Path, home: &Path, extra: &[&str]) -> Output {
-    Command::new(worker_bin())
-        .args(["task", "--tftp", server, "--work-dir"])
-        .arg(work)
-        .args(["-T", "2"])
-        .args(extra)
-        .env("HOME", home)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run worker-guest task")
-}
-
-/// The uploaded result: the served `manifest` is overwritten by the PUT;
-/// wait until the file parses as a result and stops changing (the server
-/// may finish writing just after acknowledging the last block).
-fn uploaded_result(dir: &Path) -> ResultManifest {
-    let path = dir.join("manifest");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut last: Option<Vec<u8>> = None;
-    loop {
-        let bytes = wait_for_file(&path, Duration::from_secs(10), |b| {
-            ResultManifest::parse(b, "result").is_ok()
-        });
-        if last.as_ref() == Some(&bytes) {
-            return ResultManifest::parse(&bytes, "result").expect("result parses");
-        }
-        last = Some(bytes);
-        assert!(Instant::now() < deadline, "result kept changing");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "status {}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use common::task::{run_task, show, uploaded_result};
+use common::tftp::AsyncTftpServer;
+use common::TestDir;
+use manifests::ResultStatus;
 
 #[test]
 fn builds_boards_at_every_commit_and_uploads_the_result() {
@@ -293,6 +250,51 @@ fn unreachable_repository_gives_an_abnormal_result_with_gits_error() {
         log.contains("fatal:") && log.contains("no-such-repo.git"),
         "{log}"
     );
+}
+
+#[test]
+fn a_git_server_that_never_answers_times_out_into_an_abnormal_result() {
+    let dir = TestDir::new("task-silent-git");
+    let tftp = dir.path.join("tftp");
+    let server = AsyncTftpServer::start(&tftp);
+    // A git daemon's port that accepts connections and never says a word:
+    // git clone waits for the server's first packet forever.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let held = std::thread::spawn(move || {
+        let conns: Vec<_> = listener.incoming().take(1).flatten().collect();
+        std::thread::sleep(Duration::from_secs(30));
+        drop(conns);
+    });
+    let task = format!(
+        ": 1\nname: fx\nversion: 4\nrepository-url: git://127.0.0.1:{port}/repo.git\n\
+         machine: m\ntarget: t\nboard: sandbox sandbox\n"
+    );
+    std::fs::write(tftp.join("manifest"), task).expect("write task");
+    let start = Instant::now();
+    let out = run_task(
+        &server.addr.to_string(),
+        &dir.path.join("work"),
+        &dir.path,
+        &["--clone-timeout", "2"],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    let r = uploaded_result(&tftp);
+    assert_eq!(r.status, ResultStatus::Abnormal);
+    let log = r
+        .operation("worker")
+        .and_then(|o| o.log.clone())
+        .unwrap_or_default();
+    assert!(
+        log.contains("cannot get the source: git clone") && log.contains("timed out after 2 s"),
+        "{log}"
+    );
+    drop(held);
 }
 
 #[test]

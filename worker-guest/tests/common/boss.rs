@@ -3,17 +3,20 @@
 //! `PATH` (tests/boss/fake-ssh), per-host home directories, and a boss
 //! `~/.buildman` naming the toolchains and machines.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 /// The buildman virtualenv, created once per target directory (cached in
-/// `<target>/buildman-venv`) by tests/boss/setup-venv.sh.
+/// `<target>/buildman-venv-debian`) by tests/boss/setup-venv.sh, from
+/// Debian's python3 with its system packages (real U-Boot builds run
+/// `python3` from the virtualenv, and binman needs pyelftools).
 pub fn venv() -> PathBuf {
     static VENV: OnceLock<PathBuf> = OnceLock::new();
     VENV.get_or_init(|| {
         let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        let venv = tmp.parent().unwrap_or(&tmp).join("buildman-venv");
+        let venv = tmp.parent().unwrap_or(&tmp).join("buildman-venv-debian");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/boss/setup-venv.sh");
         let st = Command::new(&script)
             .arg(&venv)
@@ -21,7 +24,8 @@ pub fn venv() -> PathBuf {
             .expect("run setup-venv.sh");
         assert!(
             st.success(),
-            "cannot set up the buildman virtualenv (pip install buildman==0.2.0)"
+            "cannot set up the buildman virtualenv (pip install buildman==0.2.0 \
+             into a /usr/bin/python3 virtualenv; needs python3-venv and python3-pyelftools)"
         );
         venv
     })
@@ -35,11 +39,16 @@ pub struct Boss {
     pub hosts: PathBuf,
     pub bin: PathBuf,
     pub venv: PathBuf,
+    /// What follows the fake ssh and the virtualenv on `PATH` (default:
+    /// this process's `PATH`).
+    pub path_tail: OsString,
 }
 
-/// Make `home/hostcc/gcc` (host compiler, arch sandbox) and
-/// `home/cross/aarch64-linux-gnu-gcc`: toolchains under `$HOME`, as the
-/// boss only offers workers the toolchains that live under its home.
+/// The compilers the boss offers, as links under a home directory:
+/// `hostcc/gcc` (host compiler, arch sandbox), `cross/aarch64-linux-gnu-gcc`
+/// and `cross/arm-linux-gnueabihf-gcc`. The boss only offers workers the
+/// toolchains that live under its `$HOME`, and checks that each worker has
+/// the same path under its own.
 fn toolchain_links(home: &Path) {
     for (dir, name, target) in [
         ("hostcc", "gcc", "/usr/bin/gcc"),
@@ -48,7 +57,17 @@ fn toolchain_links(home: &Path) {
             "aarch64-linux-gnu-gcc",
             "/usr/bin/aarch64-linux-gnu-gcc",
         ),
+        (
+            "cross",
+            "arm-linux-gnueabihf-gcc",
+            "/usr/bin/arm-linux-gnueabihf-gcc",
+        ),
     ] {
+        if !Path::new(target).exists() {
+            // Not installed here: the boss simply has no such toolchain
+            // (tests that need it check for it themselves).
+            continue;
+        }
         let d = home.join(dir);
         std::fs::create_dir_all(&d).expect("create toolchain dir");
         let link = d.join(name);
@@ -91,12 +110,13 @@ impl Boss {
             hosts,
             bin,
             venv: venv(),
+            path_tail: std::env::var_os("PATH").unwrap_or_default(),
         }
     }
 
     /// A `buildman` command run in `src` with the boss's environment.
     pub fn command(&self, src: &Path, args: &[&str], extra_path: Option<&Path>) -> Command {
-        let mut path = std::ffi::OsString::new();
+        let mut path = OsString::new();
         if let Some(p) = extra_path {
             path.push(p);
             path.push(":");
@@ -105,7 +125,7 @@ impl Boss {
         path.push(":");
         path.push(self.venv.join("bin"));
         path.push(":");
-        path.push(std::env::var_os("PATH").unwrap_or_default());
+        path.push(&self.path_tail);
         let mut cmd = Command::new(self.venv.join("bin/buildman"));
         cmd.args(args)
             .current_dir(src)
@@ -124,4 +144,47 @@ impl Boss {
             .output()
             .expect("run buildman")
     }
+}
+
+/// Run a Python snippet with buildman 0.2.0's modules importable (the
+/// virtualenv's python), with `args` as `sys.argv[1:]`; returns stdout.
+/// Used to compare our code with buildman's own on the same input.
+pub fn buildman_python(snippet: &str, args: &[&Path]) -> String {
+    let out = Command::new(venv().join("bin/python3"))
+        .arg("-c")
+        .arg(snippet)
+        .args(args)
+        .env_remove("PYTHONPATH")
+        .output()
+        .expect("run the virtualenv's python3");
+    assert!(
+        out.status.success(),
+        "buildman's python failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// buildman's own `BuilderThread._scan_lines` on a build directory: the
+/// source-lines manifest a local buildman writes (`--lines`).
+pub fn buildman_scan_lines(out_dir: &Path, src_dir: &Path) -> String {
+    buildman_python(
+        "import sys, types\n\
+         from buildman import builderthread\n\
+         fake = types.SimpleNamespace(builder=types.SimpleNamespace(\n\
+         \x20   num_jobs=2, add_lines_time=lambda t: None))\n\
+         res = types.SimpleNamespace(out_dir=sys.argv[1], src_dir=sys.argv[2])\n\
+         sys.stdout.write(builderthread.BuilderThread._scan_lines(fake, res))\n",
+        &[out_dir, src_dir],
+    )
+}
+
+/// buildman's own `dtcache.hash_src_tree` of a source tree.
+pub fn buildman_dtc_hash(src_dir: &Path) -> String {
+    buildman_python(
+        "import sys\nfrom buildman import dtcache\nprint(dtcache.hash_src_tree(sys.argv[1]))\n",
+        &[src_dir],
+    )
+    .trim()
+    .to_string()
 }

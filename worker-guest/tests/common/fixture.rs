@@ -11,6 +11,14 @@
 //! - `sandbox_broken` (host gcc): fails at commit 2, fixed at commit 3.
 //! - `qemu_arm64`, `rpi_arm64` (aarch64-linux-gnu-gcc): always build; the
 //!   Makefile refuses a compiler that does not target aarch64.
+//!   `qemu_arm64` also links an SPL and a TPL image (`spl/u-boot-spl`,
+//!   `tpl/u-boot-tpl`, from objects of their own under `spl/` and `tpl/`),
+//!   as many real boards do.
+//!
+//! Every board also compiles a "device tree" with `$(DTC)`, which is the
+//! tree's own `scripts/dtc` built into the output directory unless `DTC`
+//! names another (buildman's shared dtc), and `make scripts_dtc` builds
+//! dtc and a pylibfdt library, as U-Boot's does.
 //!
 //! Commits (oldest first): 0 initial; 1 changes `common/version.c`; 2
 //! changes `lib/string.c` and breaks `sandbox_broken`; 3 changes the
@@ -51,11 +59,12 @@ const MAKEFILE: &str = r##"# Fixture firmware tree for worker-guest tests (not U
 O ?= .
 obj := $(patsubst %/,%,$(O))
 CC := $(CROSS_COMPILE)gcc
-CFLAGS := -Wall -O2 -ffreestanding -fno-pic -fno-stack-protector -fno-asynchronous-unwind-tables $(KCFLAGS)
+HOSTCC ?= gcc
+CFLAGS := -g -Wall -O2 -ffreestanding -fno-pic -fno-stack-protector -fno-asynchronous-unwind-tables $(KCFLAGS)
 LDFLAGS := -nostdlib -static -Wl,-e,fixture_entry -Wl,--build-id=none
 
 .DEFAULT_GOAL := all
-.PHONY: all cfg mrproper FORCE
+.PHONY: all cfg mrproper scripts_dtc FORCE
 
 %_defconfig: FORCE
 	@test -f configs/$@ || { echo "Can't find default configuration \"configs/$@\"!" >&2; exit 1; }
@@ -71,7 +80,7 @@ LDFLAGS := -nostdlib -static -Wl,-e,fixture_entry -Wl,--build-id=none
 	@sed -n 's/^\(CONFIG_[A-Za-z0-9_]*\)=\(.*\)/\1=\2/p' $(obj)/.config > $(obj)/include/autoconf.mk
 
 mrproper:
-	@rm -rf $(obj)/common $(obj)/lib $(obj)/board $(obj)/include $(obj)/u-boot $(obj)/u-boot.cfg $(obj)/.config
+	@rm -rf $(obj)/common $(obj)/lib $(obj)/board $(obj)/include $(obj)/u-boot $(obj)/u-boot.cfg $(obj)/.config $(obj)/spl $(obj)/tpl
 
 ifneq ($(filter %_defconfig mrproper,$(MAKECMDGOALS)),)
 # Configuring: the previous board's settings do not apply.
@@ -87,10 +96,55 @@ $(error $(CC) does not build for aarch64: set CROSS_COMPILE)
 endif
 endif
 
-objs := common/main.o common/version.o lib/string.o board/fixture/$(BOARD)/board.o
-objs := $(addprefix $(obj)/,$(objs))
+srcs := common/main.o common/version.o lib/string.o board/fixture/$(BOARD)/board.o
+objs := $(addprefix $(obj)/,$(srcs))
+images := $(obj)/u-boot
+ifeq ($(CONFIG_SPL),y)
+images += $(obj)/spl/u-boot-spl
+endif
+ifeq ($(CONFIG_TPL),y)
+images += $(obj)/tpl/u-boot-tpl
+endif
 
-all: $(obj)/u-boot $(obj)/u-boot.cfg
+all: $(images) $(obj)/u-boot.cfg $(obj)/u-boot.dtb
+
+# The device tree compiler: $(DTC) when given (buildman's shared dtc),
+# else the tree's own, built into this output directory like U-Boot's
+# scripts_dtc (with a pylibfdt library next to it).
+DTC_INTREE := $(obj)/scripts/dtc/dtc
+DTC ?= $(DTC_INTREE)
+
+$(obj)/u-boot.dtb: $(DTC)
+	@echo "  DTC     $(DTC)"
+	@$(DTC) > $@
+
+scripts_dtc: $(DTC_INTREE) $(obj)/scripts/dtc/pylibfdt/_libfdt.so
+
+$(DTC_INTREE): scripts/dtc/dtc.c
+	@mkdir -p $(dir $@)
+	$(HOSTCC) -o $@ $<
+
+$(obj)/scripts/dtc/pylibfdt/_libfdt.so: scripts/dtc/pylibfdt/libfdt.c
+	@mkdir -p $(dir $@)
+	$(HOSTCC) -shared -fPIC -o $@ $<
+
+$(obj)/spl/u-boot-spl: $(addprefix $(obj)/spl/,$(srcs))
+	@echo "  LD      spl/u-boot-spl"
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^
+
+$(obj)/tpl/u-boot-tpl: $(addprefix $(obj)/tpl/,$(srcs))
+	@echo "  LD      tpl/u-boot-tpl"
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^
+
+$(obj)/spl/%.o: %.c $(obj)/include/generated/autoconf.h
+	@mkdir -p $(dir $@)
+	@echo "  CC      spl/$*.o"
+	$(CC) $(CFLAGS) -DCONFIG_SPL_BUILD -include $(obj)/include/generated/autoconf.h -c -o $@ $<
+
+$(obj)/tpl/%.o: %.c $(obj)/include/generated/autoconf.h
+	@mkdir -p $(dir $@)
+	@echo "  CC      tpl/$*.o"
+	$(CC) $(CFLAGS) -DCONFIG_TPL_BUILD -include $(obj)/include/generated/autoconf.h -c -o $@ $<
 
 cfg: $(obj)/u-boot.cfg
 
@@ -122,6 +176,8 @@ fn kconfig(version: &str) -> String {
     }
     s.push_str("endchoice\n\n");
     s.push_str("config ARM64\n\tbool \"64-bit ARM\"\n\n");
+    s.push_str("config SPL\n\tbool \"SPL image\"\n\n");
+    s.push_str("config TPL\n\tbool \"TPL image\"\n\n");
     let arm = "TARGET_QEMU_ARM64 || TARGET_RPI_ARM64";
     s.push_str(&format!(
         "config SYS_ARCH\n\tstring\n\tdefault \"arm\" if {arm}\n\tdefault \"sandbox\"\n\n"
@@ -201,6 +257,9 @@ fn defconfig(board: &str, arch: &str) -> String {
     if arch == "aarch64" {
         s.push_str("CONFIG_ARM64=y\n");
     }
+    if board == "qemu_arm64" {
+        s.push_str("CONFIG_SPL=y\nCONFIG_TPL=y\n");
+    }
     s
 }
 
@@ -259,6 +318,16 @@ impl Fixture {
         write(dir, "common/main.c", main_c());
         write(dir, "common/version.c", &version_c("v1"));
         write(dir, "lib/string.c", &string_c(""));
+        write(
+            dir,
+            "scripts/dtc/dtc.c",
+            "#include <stdio.h>\nint main(void)\n{\n\tputs(\"/dts-v1/; / { };\");\n\treturn 0;\n}\n",
+        );
+        write(
+            dir,
+            "scripts/dtc/pylibfdt/libfdt.c",
+            "int fixture_fdt(void)\n{\n\treturn 0;\n}\n",
+        );
         for (b, arch) in BOARDS {
             write(dir, &format!("configs/{b}_defconfig"), &defconfig(b, arch));
             write(

@@ -5,7 +5,9 @@
 
 pub mod boss;
 pub mod fixture;
+pub mod task;
 pub mod tftp;
+pub mod uboot;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
