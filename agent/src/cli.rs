@@ -63,6 +63,17 @@ impl FromStr for ControllerUrl {
     }
 }
 
+/// A path option made absolute at parse time (against the working
+/// directory at start): paths end up in QEMU's arguments, in sockets' names
+/// and in other processes' working directories, where a relative path
+/// would mean something else or nothing.
+fn absolute_path(s: &str) -> Result<PathBuf, String> {
+    if s.is_empty() {
+        return Err("empty path".into());
+    }
+    std::path::absolute(s).map_err(|e| format!("cannot make '{s}' absolute: {e}"))
+}
+
 /// Orders controllers the way they are polled: higher priority first, and
 /// command-line order within a priority (deterministic, unlike bbot's shuffle).
 pub fn polling_order(urls: &[ControllerUrl]) -> Vec<ControllerUrl> {
@@ -80,14 +91,14 @@ pub fn polling_order(urls: &[ControllerUrl]) -> Vec<ControllerUrl> {
 )]
 pub struct Cli {
     /// Directory (on btrfs) holding the machine volumes.
-    #[arg(long, value_name = "DIR", default_value = "/build/machines")]
+    #[arg(long, value_name = "DIR", default_value = "/build/machines", value_parser = absolute_path)]
     pub machines: PathBuf,
     /// Directory served to guests over TFTP.
-    #[arg(long, value_name = "DIR", default_value = "/build/tftp")]
+    #[arg(long, value_name = "DIR", default_value = "/build/tftp", value_parser = absolute_path)]
     pub tftp: PathBuf,
     /// Directory for state that must survive restarts (results awaiting upload).
     /// Default: /var/lib/bbot-agent/<toolchain-name>.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = absolute_path)]
     pub state: Option<PathBuf>,
     /// Toolchain name: bootstrapped machines are `<name>-<toolchain-name>`.
     #[arg(long, value_name = "STR", default_value = "default")]
@@ -139,9 +150,17 @@ pub struct Cli {
     /// Build timeout in seconds (keep well below the controller's 3 hours).
     #[arg(long, value_name = "SEC", default_value_t = 5400)]
     pub build_timeout: u64,
-    /// Controller request timeout in seconds.
+    /// Controller request timeout in seconds (a whole exchange).
     #[arg(long, value_name = "SEC", default_value_t = 300)]
     pub request_timeout: u64,
+    /// Seconds to establish a connection to a controller, so that an
+    /// unreachable one costs this, not the request timeout.
+    #[arg(long, value_name = "SEC", default_value_t = 10)]
+    pub connect_timeout: u64,
+    /// Times a controller request is retried after a transient failure
+    /// (no connection, timeout, 408, 429, 5xx), pausing 1, 2, 4 ... s.
+    #[arg(long, value_name = "NUM", default_value_t = 4)]
+    pub request_retries: u32,
     /// Trust repository certificate fingerprint (repeatable); replaces the task's list.
     #[arg(long, value_name = "FP")]
     pub trust: Vec<String>,
@@ -163,9 +182,19 @@ pub struct Cli {
     /// Pretend every bootstrap succeeded (no VM).
     #[arg(long)]
     pub fake_bootstrap: bool,
-    /// Make up a result instead of building (no VM).
+    /// Do not build: report an `abort` result with no operations (no VM).
     #[arg(long)]
     pub fake_build: bool,
+    /// What a fake build reports (testing aid: `success` makes up one
+    /// successful operation per board and commit).
+    #[arg(
+        long,
+        value_name = "abort|success",
+        default_value = "abort",
+        hide = true,
+        requires = "fake_build"
+    )]
+    pub fake_build_result: crate::fake::FakeBuildResult,
     /// Use this machine header manifest (`-` for stdin) instead of enumerating.
     #[arg(long, value_name = "FILE")]
     pub fake_machine: Option<PathBuf>,
@@ -230,5 +259,26 @@ mod tests {
         ]);
         let urls: Vec<_> = order.iter().map(|u| u.url.as_str()).collect();
         assert_eq!(urls, ["http://c/", "http://a/", "http://d/", "http://b/"]);
+    }
+
+    #[test]
+    fn path_options_become_absolute() {
+        let cli = Cli::try_parse_from([
+            "bbot-agent",
+            "--state",
+            "agent",
+            "--tftp",
+            "t",
+            "--machines",
+            "/m",
+        ])
+        .unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(cli.state_dir(), cwd.join("agent"));
+        assert_eq!(cli.tftp, cwd.join("t"));
+        assert_eq!(cli.machines, PathBuf::from("/m"));
+        assert!(Cli::try_parse_from(["bbot-agent", "--state", ""]).is_err());
+        assert_eq!(cli.connect_timeout, 10);
+        assert_eq!(cli.request_retries, 4);
     }
 }

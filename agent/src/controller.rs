@@ -18,8 +18,26 @@ use crate::version::AGENT_VERSION;
 /// Content type of every manifest body, both ways.
 pub const MANIFEST_CONTENT_TYPE: &str = "text/manifest";
 
-/// Largest answer we read from a controller; a task response is a few KiB.
-const MAX_RESPONSE: u64 = 16 * 1024 * 1024;
+/// Largest answer we accept from a controller; a task response is a few
+/// KiB. A longer answer is a controller failure (never read further).
+pub const MAX_RESPONSE: u64 = 4 * 1024 * 1024;
+
+/// First pause before a retry; it doubles up to [`MAX_RETRY_DELAY`]
+/// (curl's `--retry` schedule, which bbot's agent uses).
+const FIRST_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// Longest pause between retries.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// How the agent talks to controllers (from the command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// `--connect-timeout`: establishing the connection (and TLS).
+    pub connect_timeout: Duration,
+    /// `--request-timeout`: a whole exchange, connection included.
+    pub request_timeout: Duration,
+    /// `--request-retries`: extra attempts after a transient failure.
+    pub retries: u32,
+}
 
 /// Why a controller exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +62,12 @@ pub enum ControllerError {
     /// The task is for a machine this agent did not offer.
     #[error("task for machine '{0}' which this agent did not offer")]
     UnknownMachine(String),
+    /// The answer is longer than [`MAX_RESPONSE`].
+    #[error("answer longer than {MAX_RESPONSE} bytes")]
+    TooLong,
+    /// The URL cannot be requested at all (not http(s), not a URL).
+    #[error("unusable URL: {0}")]
+    BadUrl(String),
     /// Any other transport failure.
     #[error("request failed: {0}")]
     Other(String),
@@ -52,24 +76,53 @@ pub enum ControllerError {
     Interrupted,
 }
 
-/// A blocking HTTP client for controllers, with the request timeout applied to
-/// every exchange.
+impl ControllerError {
+    /// A failure that may go away by itself (the controller is down,
+    /// restarting, overloaded or slow): worth a retry. 408, 429 and 5xx
+    /// answers are, as for curl's `--retry`; other 4xx answers are the
+    /// controller's final word.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Connect(_) | Self::Timeout(_) | Self::Other(_) => true,
+            Self::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
+            Self::Malformed(_)
+            | Self::TooLong
+            | Self::BadUrl(_)
+            | Self::UnknownMachine(_)
+            | Self::Interrupted => false,
+        }
+    }
+
+    /// The controller refused for good: a result it answers so will never
+    /// be taken, however often it is sent.
+    pub fn is_permanent_refusal(&self) -> bool {
+        match self {
+            Self::Status { .. } => !self.is_transient(),
+            Self::BadUrl(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// A blocking HTTP client for controllers: connect and request timeouts
+/// apart (a black-holed controller costs the connect timeout, not the
+/// request timeout) and bounded retries of transient failures.
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::blocking::Client,
-    timeout: Duration,
+    cfg: ClientConfig,
 }
 
 impl Client {
-    /// A client whose requests give up after `timeout`.
-    pub fn new(timeout: Duration) -> Result<Self, ControllerError> {
+    /// A client with these timeouts and retries.
+    pub fn new(cfg: ClientConfig) -> Result<Self, ControllerError> {
         let http = reqwest::blocking::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
+            .timeout(cfg.request_timeout)
+            .connect_timeout(cfg.connect_timeout.min(cfg.request_timeout))
             .user_agent(format!("bbot-agent/{AGENT_VERSION}"))
             .build()
             .map_err(|e| ControllerError::Other(e.to_string()))?;
-        Ok(Self { http, timeout })
+        Ok(Self { http, cfg })
     }
 
     fn classify(&self, e: &reqwest::Error) -> ControllerError {
@@ -80,29 +133,48 @@ impl Client {
             msg = s.to_string();
             src = s.source();
         }
-        if e.is_timeout() {
-            ControllerError::Timeout(self.timeout)
+        if e.is_builder() {
+            ControllerError::BadUrl(msg)
         } else if e.is_connect() {
+            // Before is_timeout: a connect timeout is both.
             ControllerError::Connect(msg)
+        } else if e.is_timeout() {
+            ControllerError::Timeout(self.cfg.request_timeout)
         } else {
             ControllerError::Other(msg)
         }
     }
 
-    /// POSTs a manifest and returns the body of a 2xx answer.
-    fn post(&self, url: &str, body: String) -> Result<String, ControllerError> {
+    /// POSTs a manifest once and returns the body of a 2xx answer.
+    fn post_once(&self, url: &str, body: String) -> Result<String, ControllerError> {
+        let parsed =
+            reqwest::Url::parse(url).map_err(|e| ControllerError::BadUrl(e.to_string()))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(ControllerError::BadUrl(format!(
+                "scheme '{}' is not http or https",
+                parsed.scheme()
+            )));
+        }
         let resp = self
             .http
-            .post(url)
+            .post(parsed)
             .header(reqwest::header::CONTENT_TYPE, MANIFEST_CONTENT_TYPE)
             .body(body)
             .send()
             .map_err(|e| self.classify(&e))?;
         let status = resp.status();
-        let mut text = String::new();
-        resp.take(MAX_RESPONSE)
-            .read_to_string(&mut text)
-            .map_err(|e| ControllerError::Malformed(format!("cannot read answer: {e}")))?;
+        if resp.content_length().is_some_and(|n| n > MAX_RESPONSE) {
+            return Err(ControllerError::TooLong);
+        }
+        let mut raw = Vec::new();
+        resp.take(MAX_RESPONSE + 1)
+            .read_to_end(&mut raw)
+            .map_err(|e| ControllerError::Other(format!("cannot read answer: {e}")))?;
+        if raw.len() as u64 > MAX_RESPONSE {
+            return Err(ControllerError::TooLong);
+        }
+        let text = String::from_utf8(raw)
+            .map_err(|_| ControllerError::Malformed("answer is not UTF-8".into()))?;
         if !status.is_success() {
             return Err(ControllerError::Status {
                 status: status.as_u16(),
@@ -118,9 +190,33 @@ impl Client {
         Ok(text)
     }
 
-    /// Like [`Client::post`] but gives up early when `cancel` is set, so that a
-    /// SIGTERM does not wait for a slow controller. The request thread is left to
-    /// finish on its own (bounded by the request timeout).
+    /// [`Client::post_once`], retried up to `--request-retries` times after
+    /// a transient failure, with doubling pauses; a stop (`cancel`) ends
+    /// the pauses and the wait for an answer.
+    fn post(&self, url: &str, body: &str, cancel: &Cancel) -> Result<String, ControllerError> {
+        let mut delay = FIRST_RETRY_DELAY;
+        let mut attempt = 0;
+        loop {
+            match self.post_cancellable(url, body.to_string(), cancel) {
+                Err(e) if e.is_transient() && attempt < self.cfg.retries => {
+                    attempt += 1;
+                    tracing::debug!(
+                        "{url}: {e}; retry {attempt} of {} in {delay:?}",
+                        self.cfg.retries
+                    );
+                    if cancel.sleep(delay) {
+                        return Err(ControllerError::Interrupted);
+                    }
+                    delay = (delay * 2).min(MAX_RETRY_DELAY);
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Like [`Client::post_once`] but gives up early when `cancel` is set, so
+    /// that a SIGTERM does not wait for a slow controller. The request thread is
+    /// left to finish on its own (bounded by the request timeout).
     fn post_cancellable(
         &self,
         url: &str,
@@ -133,7 +229,7 @@ impl Client {
         std::thread::Builder::new()
             .name("controller".into())
             .spawn(move || {
-                let _ = tx.send(me.post(&url, body));
+                let _ = tx.send(me.post_once(&url, body));
             })
             .map_err(|e| ControllerError::Other(format!("cannot start request thread: {e}")))?;
         loop {
@@ -161,20 +257,56 @@ impl Client {
         let body = req
             .to_text()
             .map_err(|e| ControllerError::Other(format!("cannot serialize task request: {e}")))?;
-        let text = self.post_cancellable(url, body, cancel)?;
+        let text = self.post(url, &body, cancel)?;
         let resp = TaskResponseManifest::parse(text.as_bytes(), url)
             .map_err(|e| ControllerError::Malformed(e.to_string()))?;
         if !resp.session.is_empty() && resp.task.is_none() {
             return Err(ControllerError::Malformed("session without task".into()));
         }
+        if !resp.session.is_empty() {
+            if let Some(result_url) = &resp.result_url {
+                check_result_url(result_url)?;
+            }
+        }
         Ok(resp)
     }
 
-    /// Uploads a result request (already serialized) to `url`. Not cancellable: a
-    /// result is uploaded even while stopping (bounded by the request timeout).
-    pub fn upload_result(&self, url: &str, body: &str) -> Result<(), ControllerError> {
-        self.post(url, body.to_string()).map(|_| ())
+    /// Uploads a result request (already serialized) to `url`, with retries
+    /// that `cancel` cuts short (the spool keeps what was not delivered).
+    pub fn upload_result(
+        &self,
+        url: &str,
+        body: &str,
+        cancel: &Cancel,
+    ) -> Result<(), ControllerError> {
+        self.post(url, body, cancel).map(|_| ())
     }
+
+    /// Uploads once, not cancellable: while stopping, the task just built
+    /// is still delivered (bounded by the request timeout).
+    pub fn upload_result_once(&self, url: &str, body: &str) -> Result<(), ControllerError> {
+        self.post_once(url, body.to_string()).map(|_| ())
+    }
+}
+
+/// A task's `result-url` must be a plain http(s) URL: anything else
+/// (control characters, another scheme) could never take the result, so
+/// the task is refused before a VM spends an hour on it.
+pub fn check_result_url(url: &str) -> Result<(), ControllerError> {
+    if url.chars().any(char::is_control) {
+        return Err(ControllerError::Malformed(
+            "result-url contains control characters".into(),
+        ));
+    }
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| ControllerError::Malformed(format!("result-url: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(ControllerError::Malformed(format!(
+            "result-url scheme '{}' is not http or https",
+            parsed.scheme()
+        )));
+    }
+    Ok(())
 }
 
 /// A task obtained from a controller.

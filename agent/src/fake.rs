@@ -18,10 +18,23 @@ use crate::machines::BootstrappedMachine;
 use crate::runner::{BootstrapJob, MachineRunner, RunnerError, TaskJob};
 use crate::version::{AGENT_PACKAGE, AGENT_VERSION, WORKER_GUEST_PACKAGE, WORKER_GUEST_VERSION};
 
+/// What a fake build reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum FakeBuildResult {
+    /// bbot's `--fake-build`: an `abort` result with no operations, so that
+    /// a controller never takes a made-up build for a real one.
+    #[default]
+    Abort,
+    /// A made-up `success` per board × commit ([`fake_result`]): a testing
+    /// aid for controllers' tests, asked for explicitly.
+    Success,
+}
+
 /// Fakes bootstraps and/or builds; whatever it does not fake goes to `real`.
 pub struct FakeRunner {
     fake_bootstrap: bool,
     fake_build: bool,
+    build_result: FakeBuildResult,
     build_duration: Duration,
     real: Box<dyn MachineRunner>,
     bootstraps: AtomicUsize,
@@ -40,11 +53,18 @@ impl FakeRunner {
         Self {
             fake_bootstrap,
             fake_build,
+            build_result: FakeBuildResult::default(),
             build_duration,
             real,
             bootstraps: AtomicUsize::new(0),
             builds: AtomicUsize::new(0),
         }
+    }
+
+    /// Makes fake builds report `result` instead of bbot's `abort`.
+    pub fn with_build_result(mut self, result: FakeBuildResult) -> Self {
+        self.build_result = result;
+        self
     }
 
     /// How many bootstraps were faked so far (lets tests see re-bootstraps).
@@ -70,6 +90,15 @@ pub fn fake_bootstrap_manifest() -> BootstrapManifest {
         ],
         extra: Vec::new(),
     }
+}
+
+/// bbot's fake build: `abort`, no operations.
+pub fn fake_abort(task: &manifests::TaskManifest) -> ResultManifest {
+    let mut r = ResultManifest::new(task.name.clone(), task.version.clone());
+    r.status = ResultStatus::Abort;
+    r.worker_checksum = task.worker_checksum.clone();
+    r.dependency_checksum = task.dependency_checksum.clone();
+    r
 }
 
 /// A made-up successful result: one operation per board and commit, named
@@ -134,7 +163,10 @@ impl MachineRunner for FakeRunner {
         if cancel.sleep(self.build_duration) {
             return Err(RunnerError::Interrupted);
         }
-        Ok(fake_result(job.task))
+        Ok(match self.build_result {
+            FakeBuildResult::Abort => fake_abort(job.task),
+            FakeBuildResult::Success => fake_result(job.task),
+        })
     }
 }
 

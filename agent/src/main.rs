@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use bbot_agent::cli::{self, Cli};
-use bbot_agent::controller::Client;
+use bbot_agent::controller::{Client, ClientConfig};
 use bbot_agent::fake::{FakeMachineFile, FakeRunner};
 use bbot_agent::logging;
 use bbot_agent::machines::{Machines, MachinesConfig};
@@ -105,7 +105,8 @@ fn run(cli: &Cli) -> anyhow::Result<Exit> {
         cli.fake_build,
         Duration::from_secs(cli.fake_build_duration),
         real,
-    );
+    )
+    .with_build_result(cli.fake_build_result);
     let source = match &cli.fake_machine {
         Some(p) => {
             let file = FakeMachineFile {
@@ -145,7 +146,11 @@ fn run(cli: &Cli) -> anyhow::Result<Exit> {
         let dir = cli.state_dir();
         Some(Spool::open(&dir).with_context(|| format!("--state {}", dir.display()))?)
     };
-    let client = Client::new(Duration::from_secs(cli.request_timeout))?;
+    let client = Client::new(ClientConfig {
+        connect_timeout: Duration::from_secs(cli.connect_timeout),
+        request_timeout: Duration::from_secs(cli.request_timeout),
+        retries: cli.request_retries,
+    })?;
     let cfg = LoopConfig {
         controllers: cli::polling_order(&cli.controllers),
         agent_name: host_name(),

@@ -314,19 +314,26 @@ impl<'a> Agent<'a> {
         };
         match spooled {
             Ok(entry) if self.signals.stop_requested() => {
-                // Stopping: deliver this result only; older ones wait for the
-                // next start, so that a dead controller cannot stall the stop.
-                self.deliver(&entry);
+                // Stopping: deliver this result only, once; older ones wait
+                // for the next start, so that a dead controller cannot stall
+                // the stop.
+                self.deliver(&entry, false);
                 return;
             }
             Ok(_) => {}
             Err(e) => {
                 // Cannot keep it: try once anyway rather than drop it silently.
-                tracing::error!("cannot spool result: {e}");
-                if let Ok(body) = req.to_text() {
-                    if let Err(e) = self.client.upload_result(url, &body) {
-                        tracing::error!("result upload to {url} failed; result lost: {e}");
-                    }
+                tracing::error!("cannot spool result of session {}: {e}", resp.session);
+                match req.to_text() {
+                    Ok(body) => match self.client.upload_result_once(url, &body) {
+                        Ok(()) => tracing::info!("unspooled result delivered to {url}"),
+                        Err(e) => tracing::error!(
+                            "result upload to {url} failed and it could not be spooled; \
+                             result of session {} LOST: {e}",
+                            resp.session
+                        ),
+                    },
+                    Err(e) => tracing::error!("result of session {} LOST: {e}", resp.session),
                 }
                 return;
             }
@@ -334,41 +341,70 @@ impl<'a> Agent<'a> {
         self.deliver_spooled();
     }
 
-    /// Tries to upload every spooled result; keeps those that fail.
+    /// Tries to upload every spooled result whose backoff has run out;
+    /// keeps those that fail.
     fn deliver_spooled(&self) {
         let Some(spool) = &self.spool else {
             return;
         };
-        let pending = match spool.pending() {
+        let due = match spool.due() {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!("{e}");
                 return;
             }
         };
-        for s in pending {
-            self.deliver(&s);
+        for s in due {
+            if self.signals.stop_requested() {
+                return;
+            }
+            self.deliver(&s, true);
         }
     }
 
-    /// Uploads one spooled result; removes it from the spool once delivered.
-    fn deliver(&self, s: &Spooled) {
+    /// Uploads one spooled result (with retries when `retry`); removes it
+    /// from the spool once delivered, moves it to `rejected/` when the
+    /// controller refuses it for good, and otherwise backs off.
+    fn deliver(&self, s: &Spooled, retry: bool) {
         let Some(spool) = &self.spool else {
             return;
         };
         self.notifier.status("uploading results");
-        match self.client.upload_result(&s.url, &s.body) {
+        let r = if retry {
+            self.client
+                .upload_result(&s.url, &s.body, &self.signals.stop_token())
+        } else {
+            self.client.upload_result_once(&s.url, &s.body)
+        };
+        match r {
             Ok(()) => {
-                tracing::info!("result delivered to {}", s.url);
+                tracing::info!("result delivered to {}", s.url.escape_debug());
                 if let Err(e) = spool.remove(s) {
                     tracing::error!("{e}");
                 }
             }
-            Err(e) => tracing::error!(
-                "result upload to {} failed (kept in {}): {e}",
-                s.url,
-                s.path.display()
-            ),
+            Err(e) if e.is_permanent_refusal() => match spool.reject(s, &e.to_string()) {
+                Ok(to) => tracing::error!(
+                    "result upload to {} refused for good ({e}); not retried, kept in {}",
+                    s.url.escape_debug(),
+                    to.display()
+                ),
+                Err(moved) => tracing::error!(
+                    "result upload to {} refused for good ({e}), and it cannot be moved \
+                     aside ({moved}); kept in {}",
+                    s.url.escape_debug(),
+                    s.path.display()
+                ),
+            },
+            Err(e) => {
+                let again = spool.failed(s);
+                tracing::error!(
+                    "result upload to {} failed (kept in {}, next try in {}s): {e}",
+                    s.url.escape_debug(),
+                    s.path.display(),
+                    again.as_secs()
+                );
+            }
         }
     }
 }

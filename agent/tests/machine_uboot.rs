@@ -19,7 +19,7 @@ fn the_build_machine_builds_real_uboot_boards() {
         is_root(),
         "this test needs root (loop btrfs, chroot, mounts); run it as root"
     );
-    let fs = BtrfsLoop::with_size(vm::VM_FS_SIZE).expect("loop btrfs as root");
+    let fs = BtrfsLoop::with_size(vm::VM_FS_SIZE);
     let work = tempfile::tempdir().expect("work dir");
     let worker_guest = vm::worker_guest_binary();
     let revision = vm::make_machine(fs.path(), &worker_guest);

@@ -44,7 +44,7 @@ fn real_uboot_builds_in_a_real_guest() {
         common::btrfs_loop::is_root(),
         "this test needs root (loop btrfs, mounts); run it as root"
     );
-    let fs = BtrfsLoop::with_size(vm::VM_FS_SIZE).expect("loop btrfs as root");
+    let fs = BtrfsLoop::with_size(vm::VM_FS_SIZE);
     vm::require_qemu();
     let work = tempfile::tempdir().expect("work dir");
     let t0 = Instant::now();

@@ -124,3 +124,69 @@ impl Drop for AgentProc {
         let _ = self.child.wait();
     }
 }
+
+/// A scratch directory for an agent with `--fake-machine` and
+/// `--fake-build`: the machine file and a state directory.
+pub struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Scratch {
+    /// A fresh one.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("machine"), FAKE_MACHINE).expect("machine");
+        Self { dir }
+    }
+    /// The directory itself.
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+    /// The fake machine file.
+    pub fn machine(&self) -> std::path::PathBuf {
+        self.dir.path().join("machine")
+    }
+    /// The agent's `--state`.
+    pub fn state(&self) -> std::path::PathBuf {
+        self.dir.path().join("state")
+    }
+    /// Results waiting in the spool.
+    pub fn spooled(&self) -> usize {
+        std::fs::read_dir(self.state().join("results"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".manifest"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+    /// Common arguments: fake machine and build, our state dir, chatty log,
+    /// a 2 s request timeout and no retries.
+    pub fn args(&self, extra: &[&str]) -> Vec<String> {
+        self.args_retrying(0, extra)
+    }
+    /// [`Scratch::args`] with `--request-retries retries`.
+    pub fn args_retrying(&self, retries: u32, extra: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = vec![
+            "--fake-machine".into(),
+            self.machine().display().to_string(),
+            "--fake-build".into(),
+            "--state".into(),
+            self.state().display().to_string(),
+            "--verbose".into(),
+            "2".into(),
+            "--request-timeout".into(),
+            "2".into(),
+            "--request-retries".into(),
+            retries.to_string(),
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    }
+}

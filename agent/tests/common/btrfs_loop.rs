@@ -41,20 +41,21 @@ fn run(cmd: &mut Command) -> Result<String, String> {
 }
 
 impl BtrfsLoop {
-    /// Creates and mounts a fresh filesystem, or `None` (after saying so loudly)
-    /// when not root. Panics when root but the setup fails: that is a broken
-    /// test environment, not a skip.
-    pub fn new() -> Option<Self> {
+    /// Creates and mounts a fresh filesystem. Panics when not root, and when
+    /// the setup fails: the test cannot run, and must not pass.
+    pub fn new() -> Self {
         Self::with_size(IMAGE_SIZE)
     }
 
     /// Like [`BtrfsLoop::new`] with an image of `size` bytes (sparse), for
     /// tests that keep real machine images.
-    pub fn with_size(size: u64) -> Option<Self> {
-        if !is_root() {
-            eprintln!("\n*** SKIPPED: btrfs tests need root (loop devices, mount) ***\n");
-            return None;
-        }
+    pub fn with_size(size: u64) -> Self {
+        // Fail, never skip: a test that returns early would count as passed.
+        assert!(
+            is_root(),
+            "this test needs root (loop devices, mount, btrfs): run it as root, \
+             as scripts/test and CI do"
+        );
         let dir = tempfile::Builder::new()
             .prefix("bbot-agent-btrfs-")
             .tempdir()
@@ -72,7 +73,7 @@ impl BtrfsLoop {
             let _ = run(Command::new("losetup").arg("-d").arg(&dev));
             panic!("mount: {e}");
         }
-        Some(Self { dir, mnt, dev })
+        Self { dir, mnt, dev }
     }
 
     /// The mount point.

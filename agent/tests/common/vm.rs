@@ -201,12 +201,12 @@ pub fn require_qemu() {
 /// A loop btrfs holding the recipe's machine with the scripted
 /// worker-guest (tests/guests/misbehaving-worker-guest, which picks its
 /// behaviour at bootstrap from the toolchain directory), and a work
-/// directory; `None` when not root (the loop btrfs skips loudly).
-pub fn scripted_machine() -> Option<(super::btrfs_loop::BtrfsLoop, tempfile::TempDir)> {
-    let fs = super::btrfs_loop::BtrfsLoop::with_size(VM_FS_SIZE)?;
+/// directory. Panics when not root.
+pub fn scripted_machine() -> (super::btrfs_loop::BtrfsLoop, tempfile::TempDir) {
+    let fs = super::btrfs_loop::BtrfsLoop::with_size(VM_FS_SIZE);
     require_qemu();
     let work = tempfile::tempdir().expect("work dir");
     let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests/misbehaving-worker-guest");
     make_machine(fs.path(), &guest);
-    Some((fs, work))
+    (fs, work)
 }

@@ -56,6 +56,7 @@ impl Agent {
             .arg("--fake-machine")
             .arg(&m)
             .arg("--fake-build")
+            .args(["--fake-build-result", "success"])
             .arg("--fake-build-duration")
             .arg(build_secs.to_string())
             .arg("--state")

@@ -1,0 +1,182 @@
+//! Controllers that misbehave, against the real agent binary on loopback
+//! (`--fake-machine`/`--fake-build`, no root): one that black-holes
+//! connections, one that accepts and never answers, one that sends 100 MiB
+//! of garbage, one that refuses a result for good (403), and one whose
+//! `result-url` carries a newline. Each costs only itself, quickly, and no
+//! result is lost.
+
+mod common;
+
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::agent::{AgentProc, Scratch};
+use common::controller::{task_response, Reply, TestController};
+use common::wait_for;
+use manifests::{Document, ResultRequestManifest};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A loopback address whose listener never accepts and whose accept queue
+/// is full, so that the kernel drops further SYNs: connecting hangs, as to
+/// a black-holed host. Returns the URL and what must stay alive.
+fn black_hole() -> (String, TcpListener, Vec<TcpStream>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let mut held = Vec::new();
+    for _ in 0..4096 {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(s) => held.push(s),
+            Err(_) => return (format!("http://{addr}/hole"), l, held),
+        }
+    }
+    panic!("the accept queue of {addr} never filled");
+}
+
+/// A listener that accepts connections, reads nothing and never answers.
+fn silent() -> (String, std::thread::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/silent", l.local_addr().expect("addr"));
+    let t = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept() {
+            held.push(s);
+            if held.len() > 64 {
+                return;
+            }
+        }
+    });
+    (url, t)
+}
+
+#[test]
+fn unreachable_silent_and_flooding_controllers_cost_only_themselves() {
+    let s = Scratch::new();
+    let (hole, _listener, _held) = black_hole();
+    let (quiet, _t) = silent();
+    let flood = TestController::start(|_, _| Reply::ok("x".repeat(100 << 20)));
+    let results = TestController::start(|_, _| Reply::ok(""));
+    let ru = results.url("/result");
+    let good = TestController::start(move |_, i| {
+        if i == 0 {
+            Reply::ok(task_response("linux", &ru, "good"))
+        } else {
+            Reply::no_task()
+        }
+    });
+    // Asked in this order; the request timeout is far longer than the
+    // connect timeout, so a round that waited for it would take minutes.
+    let urls = [
+        format!("9={hole}"),
+        format!("8={quiet}"),
+        format!("7={}", flood.url("/flood")),
+        format!("1={}", good.url("/")),
+    ];
+    let mut args = vec![
+        "--fake-machine".to_string(),
+        s.machine().display().to_string(),
+        "--fake-build".into(),
+        "--state".into(),
+        s.state().display().to_string(),
+        "--connect-timeout".into(),
+        "1".into(),
+        "--request-timeout".into(),
+        "4".into(),
+        "--request-retries".into(),
+        "0".into(),
+    ];
+    args.extend(urls.iter().cloned());
+    let t0 = Instant::now();
+    let mut a = AgentProc::spawn(&args);
+    wait_for("the good controller's result", WAIT, || {
+        results.requests().first().cloned()
+    });
+    let took = t0.elapsed();
+    let log = a.stop();
+    // 1 s (connect timeout) + 4 s (request timeout) + reading 4 MiB of the
+    // flood, not 2 x 4 s + 100 MiB.
+    assert!(
+        took < Duration::from_secs(15),
+        "round took {took:?}:\n{log}"
+    );
+    for (url, why) in [
+        (hole.as_str(), "cannot connect"),
+        (quiet.as_str(), "no answer within"),
+        (&flood.url("/flood"), "answer longer than"),
+    ] {
+        assert!(
+            log.lines().any(|l| l.contains(url) && l.contains(why)),
+            "no log line naming {url} with '{why}':\n{log}"
+        );
+    }
+}
+
+#[test]
+fn a_result_refused_for_good_is_moved_aside_not_retried() {
+    let s = Scratch::new();
+    let results = TestController::start(|_, _| Reply::status(403));
+    let ru = results.url("/result");
+    let tasks = TestController::start(move |_, i| {
+        if i == 0 {
+            Reply::ok(task_response("linux", &ru, "refused"))
+        } else {
+            Reply::no_task()
+        }
+    });
+    let mut a = AgentProc::spawn(&s.args_retrying(4, &["--idle-sleep", "1", &tasks.url("/")]));
+    let rejected = s.state().join("results/rejected");
+    wait_for("the entry moved to rejected/", WAIT, || {
+        std::fs::read_dir(&rejected)
+            .ok()?
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().ends_with(".manifest"))
+    });
+    // Several more rounds: nothing is sent again.
+    wait_for("three more rounds", WAIT, || {
+        (tasks.requests().len() >= 4).then_some(())
+    });
+    let log = a.stop();
+    assert_eq!(results.requests().len(), 1, "no retry of a 403:\n{log}");
+    assert_eq!(s.spooled(), 0);
+    let mut answer = None;
+    let mut kept = None;
+    for e in std::fs::read_dir(&rejected).expect("rejected/").flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(e.path()).expect("read");
+        if name.ends_with(".answer") {
+            answer = Some(text);
+        } else {
+            kept = Some(text);
+        }
+    }
+    let answer = answer.expect("the controller's answer is kept");
+    assert!(answer.contains("HTTP status 403"), "{answer}");
+    let kept = kept.expect("the result is kept");
+    let stream = manifests::parse_stream(kept.as_bytes(), "rejected").expect("manifest stream");
+    let req = ResultRequestManifest::from_stream(&stream[1..], "rejected").expect("request");
+    assert_eq!(req.session, "refused");
+    assert_eq!(
+        log.matches("refused for good").count(),
+        1,
+        "logged once:\n{log}"
+    );
+}
+
+#[test]
+fn a_result_url_with_a_newline_is_refused_before_building() {
+    let s = Scratch::new();
+    let results = TestController::start(|_, _| Reply::ok(""));
+    // A multi-line manifest value: the URL, a newline, a forged pair.
+    let ru = format!("\\\n{}\nsession: forged\n\\", results.url("/result"));
+    let tasks = TestController::start(move |_, _| Reply::ok(task_response("linux", &ru, "nl")));
+    let mut a = AgentProc::spawn(&s.args(&["--idle-sleep", "1", &tasks.url("/")]));
+    wait_for("two rounds", WAIT, || {
+        (tasks.requests().len() >= 2).then_some(())
+    });
+    let log = a.stop();
+    assert!(results.requests().is_empty(), "nothing built or sent");
+    assert!(
+        log.contains("result-url contains control characters"),
+        "{log}"
+    );
+}
