@@ -204,6 +204,10 @@ pub struct Cli {
     /// How long a fake build takes, in seconds (testing aid).
     #[arg(long, value_name = "SEC", default_value_t = 0, hide = true)]
     pub fake_build_duration: u64,
+    /// Seconds without progress after which the systemd watchdog is left to
+    /// fire (default: the request timeout plus a minute; testing aid).
+    #[arg(long, value_name = "SEC", hide = true)]
+    pub watchdog_stall: Option<u64>,
     /// Seconds to sleep when no controller has a task.
     #[arg(long, value_name = "SEC", default_value_t = 60, hide = true)]
     pub idle_sleep: u64,

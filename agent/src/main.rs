@@ -11,6 +11,7 @@ use clap::Parser;
 use bbot_agent::cli::{self, Cli};
 use bbot_agent::controller::{Client, ClientConfig};
 use bbot_agent::fake::{FakeMachineFile, FakeRunner};
+use bbot_agent::inflight::InFlight;
 use bbot_agent::logging;
 use bbot_agent::machines::{Machines, MachinesConfig};
 use bbot_agent::notify::Notifier;
@@ -63,7 +64,11 @@ fn host_name() -> String {
 fn run(cli: &Cli) -> anyhow::Result<Exit> {
     let signals = Signals::install().context("cannot install signal handlers")?;
     let notifier = Notifier::from_env();
-    notifier.start_watchdog(Duration::from_secs(cli.request_timeout.saturating_add(60)));
+    // The longest step that polls nothing is an upload while stopping
+    // (bounded by the request timeout); a minute on top for the rest.
+    let budget = Duration::from_secs(cli.request_timeout.saturating_add(60));
+    let stall = cli.watchdog_stall.map_or(budget, Duration::from_secs);
+    notifier.start(stall, signals.stop_token().flag(), budget);
     tracing::info!(
         "bbot-agent {} starting (toolchain {} #{})",
         bbot_agent::version::AGENT_VERSION,
@@ -85,20 +90,25 @@ fn run(cli: &Cli) -> anyhow::Result<Exit> {
         Box::new(NoVmRunner)
     } else {
         let state = cli.state_dir();
-        Box::new(
-            QemuRunner::new(QemuConfig {
-                vm,
-                qemu: cli.qemu.clone(),
-                accel: cli.accel,
-                bootstrap_startup: Duration::from_secs(cli.bootstrap_startup),
-                build_startup: Duration::from_secs(cli.build_startup),
-                bootstrap_shutdown: Duration::from_secs(cli.bootstrap_shutdown),
-                suspend_time: Duration::from_secs(cli.suspend_time),
-                run_root: state.join("run"),
-                log_dir: state.join("logs"),
-            })
-            .context("--accel kvm")?,
-        )
+        let qemu = QemuRunner::new(QemuConfig {
+            vm,
+            qemu: cli.qemu.clone(),
+            accel: cli.accel,
+            bootstrap_startup: Duration::from_secs(cli.bootstrap_startup),
+            build_startup: Duration::from_secs(cli.build_startup),
+            bootstrap_shutdown: Duration::from_secs(cli.bootstrap_shutdown),
+            suspend_time: Duration::from_secs(cli.suspend_time),
+            run_root: state.join("run"),
+            log_dir: state.join("logs"),
+        })
+        .context("--accel kvm")?;
+        // Before anything else touches VMs: what a dead predecessor's VMs
+        // left (QEMU, run directories, taps, the task's TFTP directory).
+        let removed = qemu.leftovers().clean();
+        if removed > 0 {
+            tracing::info!("removed {removed} leftover(s) of a dead agent's VMs");
+        }
+        Box::new(qemu)
     };
     let runner = FakeRunner::new(
         cli.fake_bootstrap,
@@ -140,11 +150,20 @@ fn run(cli: &Cli) -> anyhow::Result<Exit> {
         }
     };
     let dumping = cli.dump_machines || cli.dump_task || cli.dump_result;
-    let spool = if dumping {
-        None
+    let (spool, inflight) = if dumping {
+        (None, None)
     } else {
         let dir = cli.state_dir();
-        Some(Spool::open(&dir).with_context(|| format!("--state {}", dir.display()))?)
+        let spool = Spool::open(&dir).with_context(|| format!("--state {}", dir.display()))?;
+        let inflight =
+            InFlight::open(&dir).with_context(|| format!("--state {}", dir.display()))?;
+        // A task a dead predecessor was running becomes an interrupt
+        // result, delivered with the spool in the first round.
+        let recovered = inflight.recover(&spool);
+        if recovered > 0 {
+            tracing::warn!("{recovered} task(s) of a dead agent reported as interrupted");
+        }
+        (Some(spool), Some(inflight))
     };
     let client = Client::new(ClientConfig {
         connect_timeout: Duration::from_secs(cli.connect_timeout),
@@ -172,7 +191,7 @@ fn run(cli: &Cli) -> anyhow::Result<Exit> {
         source,
         &runner,
         client,
-        spool,
+        (spool, inflight),
         signals,
         notifier.clone(),
     );

@@ -11,6 +11,11 @@ use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 
+/// How often the notification thread looks at the stop flag.
+const STOP_TICK: Duration = Duration::from_secs(1);
+/// How often a stop in progress extends systemd's stop timeout.
+const EXTEND_EVERY: Duration = Duration::from_secs(5);
+
 /// Sends notifications to systemd when it listens, and pings the watchdog from a
 /// helper thread while the agent keeps making progress.
 #[derive(Debug, Clone)]
@@ -24,7 +29,6 @@ struct Inner {
     start: Instant,
     /// Milliseconds since `start` at which the agent last reported progress.
     alive_ms: AtomicU64,
-    stopped: AtomicBool,
 }
 
 impl Notifier {
@@ -35,7 +39,6 @@ impl Notifier {
             inner: Arc::new(Inner {
                 start: Instant::now(),
                 alive_ms: AtomicU64::new(0),
-                stopped: AtomicBool::new(false),
             }),
         }
     }
@@ -67,9 +70,9 @@ impl Notifier {
         self.send(&[NotifyState::Status(status)]);
     }
 
-    /// The agent is shutting down.
+    /// The agent is shutting down (sent again at exit, in case the stop
+    /// came from elsewhere than a signal).
     pub fn stopping(&self) {
-        self.inner.stopped.store(true, Ordering::SeqCst);
         self.send(&[NotifyState::Stopping]);
     }
 
@@ -79,45 +82,86 @@ impl Notifier {
         self.inner.alive_ms.store(ms, Ordering::SeqCst);
     }
 
-    /// Starts the watchdog thread when systemd asked for one (`WatchdogSec=`).
+    /// Starts the notification thread (under systemd only).
     ///
-    /// The thread pings at half the watchdog interval as long as the agent reported
-    /// progress within `stall_limit` (which must cover the longest legitimate
-    /// blocking step, such as a result upload). Progress is a status update or
-    /// any poll of a cancellation token, which long steps (a build, an idle
-    /// sleep, a controller request) do several times a second.
-    pub fn start_watchdog(&self, stall_limit: Duration) {
+    /// - Watchdog (`WatchdogSec=`): it pings at half the interval as long as
+    ///   the agent made progress within `stall_limit`. Progress is a status
+    ///   update or any poll of a cancellation token
+    ///   ([`crate::cancel::since_last_poll`]), which every long step (a
+    ///   build, a bootstrap, an idle sleep, a controller request, an upload)
+    ///   does several times a second. A main thread that is genuinely stuck
+    ///   polls nothing, so the pings stop and systemd restarts the agent.
+    /// - Stop: once `stop` is set (SIGTERM/SIGINT), it sends `STOPPING=1`
+    ///   and then `EXTEND_TIMEOUT_USEC` of `stop_budget` every few seconds
+    ///   while the stop makes progress (forcing a VM down, uploading the
+    ///   interrupt result), so a slow but healthy stop is not killed by
+    ///   `TimeoutStopSec=` and a stuck one still is.
+    pub fn start(&self, stall_limit: Duration, stop: Arc<AtomicBool>, stop_budget: Duration) {
         if !self.enabled {
             return;
         }
-        let Some(interval) = sd_notify::watchdog_enabled() else {
-            return;
-        };
-        tracing::info!("systemd watchdog enabled, interval {interval:?}");
+        let watchdog = sd_notify::watchdog_enabled();
+        if let Some(interval) = watchdog {
+            tracing::info!("systemd watchdog enabled, interval {interval:?}");
+        }
         self.alive();
         let me = self.clone();
         let spawned = std::thread::Builder::new()
-            .name("watchdog".into())
-            .spawn(move || loop {
-                std::thread::sleep(interval / 2);
-                if me.inner.stopped.load(Ordering::SeqCst) {
-                    // Still ping while stopping: the stop itself may take a while.
-                    me.send(&[NotifyState::Watchdog]);
-                    continue;
-                }
-                let now = me.inner.start.elapsed();
-                let last = Duration::from_millis(me.inner.alive_ms.load(Ordering::SeqCst));
-                if now.saturating_sub(last) <= stall_limit {
-                    me.send(&[NotifyState::Watchdog]);
-                } else {
-                    tracing::warn!(
-                        "no progress for {:?}; letting the watchdog fire",
-                        now - last
-                    );
-                }
-            });
+            .name("sd-notify".into())
+            .spawn(move || me.notify_loop(watchdog, stall_limit, &stop, stop_budget));
         if let Err(e) = spawned {
-            tracing::warn!("cannot start watchdog thread: {e}");
+            tracing::warn!("cannot start the sd-notify thread: {e}");
+        }
+    }
+
+    /// How long ago the agent last made progress.
+    fn idle(&self) -> Duration {
+        let now = self.inner.start.elapsed();
+        let last = Duration::from_millis(self.inner.alive_ms.load(Ordering::SeqCst));
+        now.saturating_sub(last)
+            .min(crate::cancel::since_last_poll())
+    }
+
+    fn notify_loop(
+        &self,
+        watchdog: Option<Duration>,
+        stall_limit: Duration,
+        stop: &AtomicBool,
+        stop_budget: Duration,
+    ) {
+        let ping_every = watchdog.map(|w| w / 2);
+        let tick = ping_every.map_or(STOP_TICK, |p| p.min(STOP_TICK));
+        let mut last_ping = Instant::now();
+        let mut last_extend: Option<Instant> = None;
+        let mut warned = false;
+        loop {
+            std::thread::sleep(tick);
+            let idle = self.idle();
+            let healthy = idle <= stall_limit;
+            if stop.load(Ordering::SeqCst) && healthy {
+                if last_extend.is_none() {
+                    self.send(&[NotifyState::Stopping]);
+                }
+                if last_extend.is_none_or(|t| t.elapsed() >= EXTEND_EVERY) {
+                    let usec = u32::try_from(stop_budget.as_micros()).unwrap_or(u32::MAX);
+                    self.send(&[NotifyState::ExtendTimeoutUsec(usec)]);
+                    last_extend = Some(Instant::now());
+                }
+            }
+            let Some(every) = ping_every else {
+                continue;
+            };
+            if last_ping.elapsed() < every {
+                continue;
+            }
+            if healthy {
+                self.send(&[NotifyState::Watchdog]);
+                last_ping = Instant::now();
+                warned = false;
+            } else if !warned {
+                tracing::error!("no progress for {idle:?}; letting the watchdog fire");
+                warned = true;
+            }
         }
     }
 }

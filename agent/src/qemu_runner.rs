@@ -73,6 +73,12 @@ pub struct QemuRunner {
 
 static SESSION: AtomicU64 = AtomicU64::new(0);
 
+/// Taps of toolchain instance `num` are `<prefix><session>`: unique on the
+/// host per instance, and found again by name after a crash.
+pub fn tap_prefix(num: u16) -> String {
+    format!("bbot{num}t")
+}
+
 impl QemuRunner {
     /// A runner with these settings; checks KVM up front so a
     /// misconfigured host fails at start, not at the first task.
@@ -81,6 +87,25 @@ impl QemuRunner {
             crate::vm::check_kvm()?;
         }
         Ok(QemuRunner { cfg })
+    }
+
+    /// What a dead predecessor's VMs may have left, for start-up.
+    pub fn leftovers(&self) -> crate::leftovers::VmLeftovers {
+        crate::leftovers::VmLeftovers {
+            run_root: self.cfg.run_root.clone(),
+            log_dir: self.cfg.log_dir.clone(),
+            tftp_build_dir: self
+                .layout()
+                .root
+                .join("build")
+                .join(&self.layout().toolchain),
+            tap_prefix: self
+                .cfg
+                .vm
+                .bridge
+                .as_ref()
+                .map(|_| tap_prefix(self.cfg.vm.toolchain_num)),
+        }
     }
 
     fn layout(&self) -> TftpLayout {
@@ -158,7 +183,7 @@ impl QemuRunner {
                 Some(b) => Network::Bridge {
                     bridge: b.clone(),
                     // Unique on the host while this agent runs this VM.
-                    tap: format!("bbot{}t{id}", self.cfg.vm.toolchain_num),
+                    tap: format!("{}{id}", tap_prefix(self.cfg.vm.toolchain_num)),
                 },
             },
             fw_cfg: vec![

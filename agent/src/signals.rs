@@ -3,8 +3,9 @@
 //!
 //! Why flags: the handlers only set atomics; the work loop and the task runner
 //! look at them at safe points (between rounds, while waiting for a guest), so a
-//! stop never leaves a half-made subvolume behind. A second SIGTERM/SIGINT while
-//! the first is being handled exits at once, as an escape hatch.
+//! stop never leaves a half-made subvolume behind. A second SIGINT while the
+//! first is being handled exits at once, as an escape hatch at a terminal; a
+//! second SIGTERM does not cut the clean-up short.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,8 +17,8 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use crate::cancel::Cancel;
 
 /// Exit status used when a second termination signal forces an immediate exit
-/// (128 + SIGTERM, as a shell would report it).
-const FORCED_EXIT_STATUS: i32 = 128 + 15;
+/// (128 + SIGINT, as a shell would report it).
+const FORCED_EXIT_STATUS: i32 = 128 + 2;
 
 /// Why an interruptible sleep ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,14 +50,19 @@ impl Signals {
     /// Registers the handlers for SIGTERM, SIGINT and SIGHUP.
     pub fn install() -> io::Result<Self> {
         let s = Self::unregistered();
+        // A second SIGINT (an impatient ^C at a terminal) exits at once;
+        // QEMU dies with the agent and the next start removes the rest.
+        // Order matters: the conditional exit must be registered before the
+        // flag is set, so that only a *second* signal exits at once.
+        signal_hook::flag::register_conditional_shutdown(
+            SIGINT,
+            FORCED_EXIT_STATUS,
+            s.stop.flag(),
+        )?;
+        // A second SIGTERM (systemd, a script repeating itself) changes
+        // nothing: the stop goes on cleaning up its VMs. Only SIGKILL skips
+        // that.
         for sig in [SIGTERM, SIGINT] {
-            // Order matters: the conditional exit must be registered before the
-            // flag is set, so that only a *second* signal exits at once.
-            signal_hook::flag::register_conditional_shutdown(
-                sig,
-                FORCED_EXIT_STATUS,
-                s.stop.flag(),
-            )?;
             signal_hook::flag::register(sig, s.stop.flag())?;
         }
         signal_hook::flag::register(SIGHUP, Arc::clone(&s.hup))?;

@@ -307,14 +307,15 @@ impl Vm {
         };
         let args = qemu_args(spec);
         tracing::debug!("starting {} {}", spec.qemu.display(), args.join(" "));
-        let spawned = Command::new(&spec.qemu)
-            .args(&args)
+        let mut cmd = Command::new(&spec.qemu);
+        cmd.args(&args)
             .current_dir(&spec.machine_dir)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
-            .process_group(0)
-            .spawn();
+            .process_group(0);
+        die_with_agent(&mut cmd);
+        let spawned = cmd.spawn();
         let child = match spawned {
             Ok(c) => c,
             Err(source) => {
@@ -482,4 +483,38 @@ impl Drop for Vm {
     fn drop(&mut self) {
         self.force_down();
     }
+}
+/// QEMU must never outlive the agent, however the agent dies (SIGKILL,
+/// panic-abort, the watchdog's SIGABRT): the kernel sends it SIGKILL when
+/// the thread that spawned it exits (`PR_SET_PDEATHSIG`). That thread is
+/// the agent's main thread, whose exit is the process's, so the signal
+/// comes exactly when the agent is gone. A parent that died between fork
+/// and prctl is caught by comparing the parent pid afterwards.
+fn die_with_agent(cmd: &mut Command) {
+    if !is_main_thread() {
+        // Tests start VMs from their own threads; the Vm's Drop still
+        // kills QEMU when the test ends.
+        tracing::debug!("VM started off the main thread: its QEMU dies with this thread");
+    }
+    // SAFETY: getpid is async-signal-safe; it runs before the fork.
+    let agent = unsafe { libc::getpid() };
+    // SAFETY: between fork and exec the closure only calls prctl and
+    // getppid, both async-signal-safe, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != agent {
+                return Err(std::io::Error::other("the agent exited while QEMU started"));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Whether the calling thread is the process's main thread.
+fn is_main_thread() -> bool {
+    // SAFETY: plain syscalls without arguments.
+    unsafe { libc::gettid() == libc::getpid() }
 }

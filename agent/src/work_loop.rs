@@ -19,6 +19,7 @@ use crate::cli::ControllerUrl;
 use crate::controller::{self, Client, Received};
 use crate::fake::FakeMachineFile;
 use crate::fsutil;
+use crate::inflight::InFlight;
 use crate::machines::{BootstrappedMachine, Machines, MachinesError};
 use crate::notify::Notifier;
 use crate::runner::MachineRunner;
@@ -93,18 +94,20 @@ pub struct Agent<'a> {
     runner: &'a dyn MachineRunner,
     client: Client,
     spool: Option<Spool>,
+    inflight: Option<InFlight>,
     signals: Signals,
     notifier: Notifier,
 }
 
 impl<'a> Agent<'a> {
-    /// Puts the parts together.
+    /// Puts the parts together. `spool` and `inflight` are `None` in the
+    /// dump modes, which keep nothing.
     pub fn new(
         cfg: LoopConfig,
         machines: MachineSource<'a>,
         runner: &'a dyn MachineRunner,
         client: Client,
-        spool: Option<Spool>,
+        (spool, inflight): (Option<Spool>, Option<InFlight>),
         signals: Signals,
         notifier: Notifier,
     ) -> Self {
@@ -114,6 +117,7 @@ impl<'a> Agent<'a> {
             runner,
             client,
             spool,
+            inflight,
             signals,
             notifier,
         }
@@ -124,7 +128,15 @@ impl<'a> Agent<'a> {
         // Ready now, not after the first round: that round may bootstrap
         // machines for an hour, far beyond systemd's start timeout.
         self.notifier.ready();
+        let stall = test_stall();
+        let mut round = 0u64;
         loop {
+            round += 1;
+            if let Some((at, d)) = stall.filter(|(at, _)| *at == round) {
+                // Test hook: a main thread stuck without polling anything.
+                tracing::warn!("test hook: stalling round {at} for {d:?}");
+                std::thread::sleep(d);
+            }
             if self.signals.stop_requested() {
                 return Ok(Exit::Stopped);
             }
@@ -170,12 +182,24 @@ impl<'a> Agent<'a> {
                 print_stream(received.task.to_stream())?;
                 return Ok(Exit::Done);
             }
+            // Recorded until its result is spooled, so that a dead agent's
+            // task still gets a result at the next start.
+            let record = match (&self.inflight, &received.response.result_url) {
+                (Some(f), Some(_)) => f
+                    .record(&received.response)
+                    .map_err(|e| tracing::error!("cannot record the task in flight: {e}"))
+                    .ok(),
+                _ => None,
+            };
             let result = self.perform(&received, &offered);
             if self.cfg.dump_result {
                 print_stream(result.to_stream())?;
                 return Ok(Exit::Done);
             }
             self.upload(&received, result);
+            if let (Some(f), Some(r)) = (&self.inflight, record) {
+                f.done(r);
+            }
             if self.cfg.fake_request.is_some() {
                 return Ok(Exit::Done);
             }
@@ -407,6 +431,15 @@ impl<'a> Agent<'a> {
             }
         }
     }
+}
+
+/// `BBOT_AGENT_TEST_STALL=<round>:<seconds>`: the main thread blocks for
+/// that long at the start of that round, polling nothing (the watchdog
+/// test's stuck agent).
+fn test_stall() -> Option<(u64, Duration)> {
+    let v = std::env::var("BBOT_AGENT_TEST_STALL").ok()?;
+    let (round, secs) = v.split_once(':')?;
+    Some((round.parse().ok()?, Duration::from_secs(secs.parse().ok()?)))
 }
 
 /// Prints manifests to stdout as one stream (the `--dump-*` options).

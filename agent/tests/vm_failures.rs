@@ -5,7 +5,8 @@
 //! that tries to read and write outside its TFTP directories (refused). In
 //! every case the result reaches the controller and nothing of the VM
 //! survives: no temporary subvolume, no QEMU process, no TFTP or run
-//! directory.
+//! directory. An agent SIGKILLed while its guest works takes its QEMU with
+//! it, and the next start removes the rest.
 //!
 //! The machine is made by machines/make-machine with a scripted
 //! worker-guest (tests/guests/misbehaving-worker-guest) that picks its
@@ -147,6 +148,103 @@ fn run_case(fs: &Path, work: &Path, case: &Case<'_>) -> (ResultRequestManifest, 
     (result, log)
 }
 
+/// The agent is SIGKILLed while its guest works: QEMU dies with it
+/// (PR_SET_PDEATHSIG). The next start removes the temporary snapshot, the
+/// run directory and the task's TFTP directory, and reports the task it was
+/// running as interrupted, so the controller hears of it at once.
+fn killed_agent_leaves_nothing(fs: &Path, work: &Path) {
+    let tc = "tc-killed";
+    let tftp = work.join("tftp");
+    let toolchain_dir = tftp.join("toolchain").join(tc);
+    fs::create_dir_all(&toolchain_dir).expect("toolchain dir");
+    fs::write(toolchain_dir.join("behaviour"), "hangs\n").expect("behaviour");
+    let state = work.join(format!("state-{tc}"));
+    let result_url: std::sync::Arc<std::sync::OnceLock<String>> = Default::default();
+    let slot = std::sync::Arc::clone(&result_url);
+    let served = std::sync::atomic::AtomicBool::new(false);
+    let ctl = TestController::start(move |req, _| {
+        if req.path.starts_with("/result") {
+            Reply::ok("")
+        } else if !served.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            Reply::ok(task_response(
+                MACHINE,
+                slot.get().map_or("", String::as_str),
+                "killed-1",
+            ))
+        } else {
+            Reply::no_task()
+        }
+    });
+    let _ = result_url.set(ctl.url("/result"));
+    let args: Vec<String> = [
+        "--machines",
+        &fs.display().to_string(),
+        "--tftp",
+        &tftp.display().to_string(),
+        "--state",
+        &state.display().to_string(),
+        "--toolchain-name",
+        tc,
+        "--accel",
+        "tcg",
+        "--ram",
+        "1048576",
+        "--idle-sleep",
+        "1",
+        "--verbose",
+        "3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([ctl.url("/")])
+    .collect();
+    let mut agent = AgentProc::spawn(&args);
+    common::wait_for("the task's guest at work", Duration::from_secs(600), || {
+        (agent.stderr().matches("guest's first TFTP request").count() >= 2).then_some(())
+    });
+    assert_eq!(vm::qemu_processes(tc).len(), 1, "{}", agent.stderr());
+    agent.signal("KILL");
+    agent.wait(Duration::from_secs(10));
+    common::wait_for("QEMU gone with its agent", Duration::from_secs(10), || {
+        vm::qemu_processes(tc).is_empty().then_some(())
+    });
+    // What SIGKILL skipped is still there ...
+    assert_eq!(common::temporaries(fs).len(), 1, "the task's snapshot");
+    let run = state.join("run");
+    assert_eq!(fs::read_dir(&run).map(|d| d.count()).unwrap_or(0), 1);
+    assert!(tftp.join("build").join(tc).exists());
+    assert!(ctl.requests_to("/result").is_empty());
+    // ... until the next start, which also reports the task.
+    let mut next = AgentProc::spawn(&args);
+    let body = common::wait_for("the interrupt result", Duration::from_secs(120), || {
+        ctl.requests_to("/result")
+            .into_iter()
+            .next()
+            .map(|r| r.body)
+    });
+    let log = next.stop();
+    let r = ResultRequestManifest::parse(body.as_bytes(), "uploaded result").expect("result");
+    assert_eq!(r.session, "killed-1");
+    assert_eq!(r.result.status, ResultStatus::Interrupt, "{log}");
+    assert!(
+        machine_log(&r).contains("died while this task ran"),
+        "{}",
+        machine_log(&r)
+    );
+    assert_eq!(ctl.requests_to("/result").len(), 1, "exactly one result");
+    assert!(common::temporaries(fs).is_empty(), "snapshot left:\n{log}");
+    assert!(
+        fs::read_dir(&run).map_or(true, |mut d| d.next().is_none()),
+        "run directory left:\n{log}"
+    );
+    assert!(
+        !tftp.join("build").join(tc).exists(),
+        "TFTP directory left:\n{log}"
+    );
+    assert!(log.contains("removed leftover run directory"), "{log}");
+    assert!(log.contains("deleted leftover temporary snapshot"), "{log}");
+}
+
 fn machine_log(r: &ResultRequestManifest) -> String {
     r.result
         .operation("machine")
@@ -226,6 +324,8 @@ fn misbehaving_guests_are_stopped_reported_and_cleaned_up() {
     assert!(log.contains("refused"), "the agent logs refusals:\n{log}");
     assert!(!Path::new("/tmp/bbot-evil").exists());
     assert!(!work.path().join("tftp/build/evil").exists());
+
+    killed_agent_leaves_nothing(fs.path(), work.path());
     assert!(!work.path().join("tftp/evil").exists());
     assert_eq!(
         fs::read_to_string(work.path().join("tftp/toolchain/tc-escape/behaviour"))

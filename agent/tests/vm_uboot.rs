@@ -137,13 +137,19 @@ fn real_uboot_builds_in_a_real_guest() {
         .operation(&name)
         .unwrap_or_else(|| panic!("no operation {name} in {result:?}\nagent log:\n{log}"));
     let op_log = op.log.clone().unwrap_or_default();
-    assert_eq!(
-        op.status,
-        ResultStatus::Success,
-        "{name}: {:?}\n{op_log}\nagent log:\n{log}",
-        op.status
-    );
-    assert_eq!(result.status, ResultStatus::Success, "{result:?}");
+    // Built: success, or warning when the build printed warnings (as
+    // buildman counts them). Debian 12's binutils 2.40 warns about U-Boot
+    // 2023.01's RWX LOAD segment on arm64, a real warning of this tree.
+    let (stderr, _) = op_log.split_once("sizes:\n").unwrap_or((&op_log, ""));
+    match op.status {
+        ResultStatus::Success => {}
+        ResultStatus::Warning => assert!(
+            stderr.contains("warning:") && !stderr.contains("error:"),
+            "{name}: warning status without (only) warnings:\n{op_log}"
+        ),
+        other => panic!("{name}: {other:?}\n{op_log}\nagent log:\n{log}"),
+    }
+    assert_eq!(result.status, op.status, "{result:?}");
     // The sizes of the real ELF file, as buildman reports them.
     let sizes = op_log
         .split_once("sizes:\n")
