@@ -161,6 +161,11 @@ pub struct Cli {
     /// (no connection, timeout, 408, 429, 5xx), pausing 1, 2, 4 ... s.
     #[arg(long, value_name = "NUM", default_value_t = 4)]
     pub request_retries: u32,
+    /// PEM RSA private key that authenticates this agent to controllers
+    /// (bbot's `--auth-key`: its fingerprint in task requests, challenges
+    /// signed in results).
+    #[arg(long, value_name = "FILE", value_parser = absolute_path)]
+    pub auth_key: Option<PathBuf>,
     /// Trust repository certificate fingerprint (repeatable); replaces the task's list.
     #[arg(long, value_name = "FP")]
     pub trust: Vec<String>,

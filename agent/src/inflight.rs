@@ -21,9 +21,11 @@ use manifests::{
     ResultStatus, TaskResponseManifest,
 };
 
+use crate::auth::AgentKey;
 use crate::fsutil;
 use crate::spool::Spool;
 use crate::task::{status_result, MACHINE_OPERATION};
+use crate::work_loop::answer_challenge;
 
 const PID_NAME: &str = "agent-pid";
 const SUFFIX: &str = ".manifest";
@@ -92,7 +94,7 @@ impl InFlight {
     /// Turns every record of a dead agent into an `interrupt` result in
     /// `spool` (unless the spool already holds a result for its session),
     /// then removes the record. Returns how many results were made.
-    pub fn recover(&self, spool: &Spool) -> usize {
+    pub fn recover(&self, spool: &Spool, key: Option<&AgentKey>) -> usize {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return 0;
         };
@@ -144,7 +146,7 @@ impl InFlight {
                 });
                 let req = ResultRequestManifest {
                     session: response.session.clone(),
-                    challenge: None,
+                    challenge: answer_challenge(response.challenge.as_deref(), key),
                     agent_checksum: None,
                     result,
                     extra: Vec::new(),
@@ -246,7 +248,7 @@ mod tests {
                 },
             )
             .unwrap();
-        assert_eq!(f.recover(&spool), 1);
+        assert_eq!(f.recover(&spool, None), 1);
         let sessions: Vec<(String, ResultStatus)> = spool
             .pending()
             .unwrap()
@@ -264,7 +266,7 @@ mod tests {
             ]
         );
         assert!(live.path.exists() && !dead.path.exists() && !twice.path.exists());
-        assert_eq!(f.recover(&spool), 0, "once only");
+        assert_eq!(f.recover(&spool, None), 0, "once only");
         f.done(live);
     }
 }

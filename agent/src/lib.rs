@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod btrfs;
 pub mod cancel;
 pub mod cli;

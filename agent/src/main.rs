@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 
+use bbot_agent::auth::AgentKey;
 use bbot_agent::cli::{self, Cli};
 use bbot_agent::controller::{Client, ClientConfig};
 use bbot_agent::fake::{FakeMachineFile, FakeRunner};
@@ -149,6 +150,15 @@ fn run(cli: &Cli) -> anyhow::Result<Exit> {
             MachineSource::Enumerate(m)
         }
     };
+    let auth = match &cli.auth_key {
+        Some(p) => Some(std::sync::Arc::new(
+            AgentKey::load(p).context("--auth-key")?,
+        )),
+        None => None,
+    };
+    if let Some(k) = &auth {
+        tracing::info!("authenticating with key {}", k.fingerprint());
+    }
     let dumping = cli.dump_machines || cli.dump_task || cli.dump_result;
     let (spool, inflight) = if dumping {
         (None, None)
@@ -159,7 +169,7 @@ fn run(cli: &Cli) -> anyhow::Result<Exit> {
             InFlight::open(&dir).with_context(|| format!("--state {}", dir.display()))?;
         // A task a dead predecessor was running becomes an interrupt
         // result, delivered with the spool in the first round.
-        let recovered = inflight.recover(&spool);
+        let recovered = inflight.recover(&spool, auth.as_deref());
         if recovered > 0 {
             tracing::warn!("{recovered} task(s) of a dead agent reported as interrupted");
         }
@@ -185,6 +195,7 @@ fn run(cli: &Cli) -> anyhow::Result<Exit> {
         dump_task: cli.dump_task,
         dump_result: cli.dump_result,
         fake_request: cli.fake_request.clone(),
+        auth,
     };
     let mut agent = Agent::new(
         cfg,

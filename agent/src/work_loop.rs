@@ -15,6 +15,7 @@ use manifests::{
     TaskRequestManifest, TaskResponseManifest,
 };
 
+use crate::auth::AgentKey;
 use crate::cli::ControllerUrl;
 use crate::controller::{self, Client, Received};
 use crate::fake::FakeMachineFile;
@@ -59,6 +60,8 @@ pub struct LoopConfig {
     pub dump_result: bool,
     /// `--fake-request`.
     pub fake_request: Option<PathBuf>,
+    /// `--auth-key`.
+    pub auth: Option<std::sync::Arc<AgentKey>>,
 }
 
 /// How the loop ended (all of them are exit status 0).
@@ -236,7 +239,7 @@ impl<'a> Agent<'a> {
             toolchain_version: self.cfg.toolchain_version.clone(),
             interactive_mode: None,
             interactive_login: None,
-            fingerprint: None,
+            fingerprint: self.cfg.auth.as_ref().map(|k| k.fingerprint().to_string()),
             auxiliary_ram: None,
             machines: offered.iter().map(|m| m.header().clone()).collect(),
             extra: Vec::new(),
@@ -322,12 +325,9 @@ impl<'a> Agent<'a> {
             );
             return;
         };
-        if resp.challenge.is_some() {
-            tracing::warn!("controller sent an authentication challenge; signing is not supported, uploading unsigned");
-        }
         let req = ResultRequestManifest {
             session: resp.session.clone(),
-            challenge: None,
+            challenge: answer_challenge(resp.challenge.as_deref(), self.cfg.auth.as_deref()),
             agent_checksum: None,
             result,
             extra: Vec::new(),
@@ -429,6 +429,24 @@ impl<'a> Agent<'a> {
                     again.as_secs()
                 );
             }
+        }
+    }
+}
+
+/// The result request's `challenge` for a task's challenge: signed with
+/// `--auth-key`; without a key (or when signing fails) none, with a warning,
+/// so that a controller that does not insist still gets the result.
+pub fn answer_challenge(challenge: Option<&str>, key: Option<&AgentKey>) -> Option<String> {
+    let challenge = challenge?;
+    let Some(key) = key else {
+        tracing::warn!("controller sent an authentication challenge but there is no --auth-key; uploading unsigned");
+        return None;
+    };
+    match key.sign_challenge(challenge) {
+        Ok(sig) => Some(sig),
+        Err(e) => {
+            tracing::error!("{e}; uploading unsigned");
+            None
         }
     }
 }

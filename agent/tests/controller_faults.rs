@@ -11,7 +11,7 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::agent::{AgentProc, Scratch};
-use common::controller::{task_response, Reply, TestController};
+use common::controller::{one_task, task_response, Reply, TestController};
 use common::wait_for;
 use manifests::{Document, ResultRequestManifest};
 
@@ -57,35 +57,18 @@ fn unreachable_silent_and_flooding_controllers_cost_only_themselves() {
     let flood = TestController::start(|_, _| Reply::ok("x".repeat(100 << 20)));
     let results = TestController::start(|_, _| Reply::ok(""));
     let ru = results.url("/result");
-    let good = TestController::start(move |_, i| {
-        if i == 0 {
-            Reply::ok(task_response("linux", &ru, "good"))
-        } else {
-            Reply::no_task()
-        }
-    });
-    // Asked in this order; the request timeout is far longer than the
-    // connect timeout, so a round that waited for it would take minutes.
+    let good = one_task("linux", &ru, "good");
+    // Asked in this order; the black hole must cost the connect timeout,
+    // not the request timeout.
     let urls = [
         format!("9={hole}"),
         format!("8={quiet}"),
         format!("7={}", flood.url("/flood")),
         format!("1={}", good.url("/")),
     ];
-    let mut args = vec![
-        "--fake-machine".to_string(),
-        s.machine().display().to_string(),
-        "--fake-build".into(),
-        "--state".into(),
-        s.state().display().to_string(),
-        "--connect-timeout".into(),
-        "1".into(),
-        "--request-timeout".into(),
-        "4".into(),
-        "--request-retries".into(),
-        "0".into(),
-    ];
-    args.extend(urls.iter().cloned());
+    let mut args = vec!["--connect-timeout", "1"];
+    args.extend(urls.iter().map(String::as_str));
+    let args = s.args(&args);
     let t0 = Instant::now();
     let mut a = AgentProc::spawn(&args);
     wait_for("the good controller's result", WAIT, || {
@@ -93,8 +76,8 @@ fn unreachable_silent_and_flooding_controllers_cost_only_themselves() {
     });
     let took = t0.elapsed();
     let log = a.stop();
-    // 1 s (connect timeout) + 4 s (request timeout) + reading 4 MiB of the
-    // flood, not 2 x 4 s + 100 MiB.
+    // 1 s (connect timeout) + 2 s (request timeout) + reading 4 MiB of the
+    // flood, not 2 x 2 s + 100 MiB.
     assert!(
         took < Duration::from_secs(15),
         "round took {took:?}:\n{log}"
@@ -116,13 +99,7 @@ fn a_result_refused_for_good_is_moved_aside_not_retried() {
     let s = Scratch::new();
     let results = TestController::start(|_, _| Reply::status(403));
     let ru = results.url("/result");
-    let tasks = TestController::start(move |_, i| {
-        if i == 0 {
-            Reply::ok(task_response("linux", &ru, "refused"))
-        } else {
-            Reply::no_task()
-        }
-    });
+    let tasks = one_task("linux", &ru, "refused");
     let mut a = AgentProc::spawn(&s.args_retrying(4, &["--idle-sleep", "1", &tasks.url("/")]));
     let rejected = s.state().join("results/rejected");
     wait_for("the entry moved to rejected/", WAIT, || {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::agent::{AgentProc, Scratch, FAKE_MACHINE};
-use common::controller::{refused_url, task_response, Reply, TestController};
+use common::controller::{one_task, refused_url, task_response, Reply, TestController};
 use common::wait_for;
 use manifests::{Document, ResultRequestManifest, ResultStatus, TaskRequestManifest};
 
@@ -58,13 +58,7 @@ fn task_is_run_and_result_uploaded() {
     let s = Scratch::new();
     let results = TestController::start(|_, _| Reply::ok(""));
     let result_url = results.url("/result");
-    let tasks2 = TestController::start(move |_, i| {
-        if i == 0 {
-            Reply::ok(task_response("linux", &result_url, "sess-1"))
-        } else {
-            Reply::no_task()
-        }
-    });
+    let tasks2 = one_task("linux", &result_url, "sess-1");
     let mut a = AgentProc::spawn(&s.args(&[
         "--fake-build-result",
         "success",
@@ -113,13 +107,7 @@ fn failing_controllers_are_skipped() {
     let unknown =
         TestController::start(move |_, _| Reply::ok(task_response("other-machine", &ru, "x")));
     let ru = results.url("/result");
-    let good = TestController::start(move |_, i| {
-        if i == 0 {
-            Reply::ok(task_response("linux", &ru, "good"))
-        } else {
-            Reply::no_task()
-        }
-    });
+    let good = one_task("linux", &ru, "good");
     let refused = refused_url();
     // The good controller is first on the command line but has the lowest
     // priority: every failing one is asked before it.
@@ -177,13 +165,7 @@ fn a_5xx_then_200_upload_is_delivered_once() {
         }
     });
     let ru = results.url("/result");
-    let tasks = TestController::start(move |_, i| {
-        if i == 0 {
-            Reply::ok(task_response("linux", &ru, "spooled"))
-        } else {
-            Reply::no_task()
-        }
-    });
+    let tasks = one_task("linux", &ru, "spooled");
     let mut a = AgentProc::spawn(&s.args_retrying(4, &[&tasks.url("/")]));
     wait_for("second upload attempt", WAIT, || {
         (results.requests().len() >= 2).then_some(())
@@ -218,13 +200,7 @@ fn spooled_result_survives_a_restart() {
         }
     });
     let ru = results.url("/result");
-    let tasks = TestController::start(move |_, i| {
-        if i == 0 {
-            Reply::ok(task_response("linux", &ru, "restart"))
-        } else {
-            Reply::no_task()
-        }
-    });
+    let tasks = one_task("linux", &ru, "restart");
     let mut a = AgentProc::spawn(&s.args(&[&tasks.url("/")]));
     wait_for("a failed upload", WAIT, || {
         (!results.requests().is_empty()).then_some(())

@@ -32,6 +32,68 @@ struct Case<'a> {
     interrupt: bool,
 }
 
+/// A controller that hands out one task for the machine (session
+/// `session`, results to its own `/result`), then none, and takes results.
+fn task_controller(session: &'static str) -> TestController {
+    // The controller learns its own URL only once started; the result URL
+    // is relative to it, so the task names it through a shared slot.
+    let result_url: std::sync::Arc<std::sync::OnceLock<String>> = Default::default();
+    let slot = std::sync::Arc::clone(&result_url);
+    let served = std::sync::atomic::AtomicBool::new(false);
+    let ctl = TestController::start(move |req, _| {
+        if req.path.starts_with("/result") {
+            Reply::ok("")
+        } else if !served.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            Reply::ok(task_response(
+                MACHINE,
+                slot.get().map_or("", String::as_str),
+                session,
+            ))
+        } else {
+            Reply::no_task()
+        }
+    });
+    let _ = result_url.set(ctl.url("/result"));
+    ctl
+}
+
+/// The agent's command line for toolchain `tc` polling `ctl`, `extra`
+/// before the URL.
+fn agent_args(
+    fs: &Path,
+    work: &Path,
+    tc: &str,
+    extra: &[&str],
+    ctl: &TestController,
+) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--machines",
+        &fs.display().to_string(),
+        "--tftp",
+        &work.join("tftp").display().to_string(),
+        "--state",
+        &work.join(format!("state-{tc}")).display().to_string(),
+        "--toolchain-name",
+        tc,
+        "--accel",
+        "tcg",
+        "--ram",
+        "1048576",
+        "--idle-sleep",
+        "1",
+        "--suspend-time",
+        "2",
+        "--verbose",
+        "3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push(ctl.url("/"));
+    args
+}
+
 /// Runs one agent for toolchain `tc-<behaviour>` until the controller has
 /// its result; returns the result and the agent's log.
 fn run_case(fs: &Path, work: &Path, case: &Case<'_>) -> (ResultRequestManifest, String) {
@@ -49,47 +111,8 @@ fn run_case(fs: &Path, work: &Path, case: &Case<'_>) -> (ResultRequestManifest, 
     )
     .expect("behaviour");
     let state = work.join(format!("state-{tc}"));
-    // The controller learns its own URL only once started; the result URL
-    // is relative to it, so the task names it through a shared slot.
-    let result_url: std::sync::Arc<std::sync::OnceLock<String>> = Default::default();
-    let slot = std::sync::Arc::clone(&result_url);
-    let served = std::sync::atomic::AtomicBool::new(false);
-    let ctl = TestController::start(move |req, _| {
-        if req.path.starts_with("/result") {
-            Reply::ok("")
-        } else if !served.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            Reply::ok(task_response(
-                MACHINE,
-                slot.get().map_or("", String::as_str),
-                "s1",
-            ))
-        } else {
-            Reply::no_task()
-        }
-    });
-    let mut args: Vec<String> = vec![
-        "--machines".into(),
-        fs.display().to_string(),
-        "--tftp".into(),
-        tftp.display().to_string(),
-        "--state".into(),
-        state.display().to_string(),
-        "--toolchain-name".into(),
-        tc.clone(),
-        "--accel".into(),
-        "tcg".into(),
-        "--ram".into(),
-        "1048576".into(),
-        "--idle-sleep".into(),
-        "1".into(),
-        "--suspend-time".into(),
-        "2".into(),
-        "--verbose".into(),
-        "3".into(),
-    ];
-    args.extend(case.extra_args.iter().map(|s| s.to_string()));
-    let _ = result_url.set(ctl.url("/result"));
-    args.push(ctl.url("/"));
+    let ctl = task_controller("s1");
+    let args = agent_args(fs, work, &tc, case.extra_args, &ctl);
     let mut agent = AgentProc::spawn(&args);
     if case.interrupt {
         // The bootstrap's first request, then the task's.
@@ -159,45 +182,8 @@ fn killed_agent_leaves_nothing(fs: &Path, work: &Path) {
     fs::create_dir_all(&toolchain_dir).expect("toolchain dir");
     fs::write(toolchain_dir.join("behaviour"), "hangs\n").expect("behaviour");
     let state = work.join(format!("state-{tc}"));
-    let result_url: std::sync::Arc<std::sync::OnceLock<String>> = Default::default();
-    let slot = std::sync::Arc::clone(&result_url);
-    let served = std::sync::atomic::AtomicBool::new(false);
-    let ctl = TestController::start(move |req, _| {
-        if req.path.starts_with("/result") {
-            Reply::ok("")
-        } else if !served.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            Reply::ok(task_response(
-                MACHINE,
-                slot.get().map_or("", String::as_str),
-                "killed-1",
-            ))
-        } else {
-            Reply::no_task()
-        }
-    });
-    let _ = result_url.set(ctl.url("/result"));
-    let args: Vec<String> = [
-        "--machines",
-        &fs.display().to_string(),
-        "--tftp",
-        &tftp.display().to_string(),
-        "--state",
-        &state.display().to_string(),
-        "--toolchain-name",
-        tc,
-        "--accel",
-        "tcg",
-        "--ram",
-        "1048576",
-        "--idle-sleep",
-        "1",
-        "--verbose",
-        "3",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([ctl.url("/")])
-    .collect();
+    let ctl = task_controller("killed-1");
+    let args = agent_args(fs, work, tc, &[], &ctl);
     let mut agent = AgentProc::spawn(&args);
     common::wait_for("the task's guest at work", Duration::from_secs(600), || {
         (agent.stderr().matches("guest's first TFTP request").count() >= 2).then_some(())

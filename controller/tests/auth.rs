@@ -231,3 +231,36 @@ fn unusable_key_directories_stop_the_start() {
         "{err}"
     );
 }
+
+/// The real agent with `--auth-key` against a controller that requires
+/// keys: its fingerprint is known, its signed results are merged.
+#[test]
+fn the_real_agent_authenticates_with_its_key() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir(&keys).expect("keys dir");
+    let (private, _fp) = key(tmp.path(), &keys, "agent1");
+    let mut c = Controller::start(&["--agent-keys", &keys.display().to_string()]);
+    let id = c.submit(json!({
+        "repository": "https://example.org/u-boot.git",
+        "commits": ["aaaa", "bbbb"],
+        "boards": ["sandbox sandbox"],
+        "machine": "x86_64-*",
+    }));
+    let p = private.display().to_string();
+    let mut agent =
+        common::agent::Agent::start_with(MACHINE, &c.task_url(), 0, &["--auth-key", &p]);
+    let j = c.wait_finished(id, common::WAIT);
+    let log = agent.log();
+    assert!(
+        j.cells
+            .iter()
+            .all(|x| x.status == Some(ResultStatus::Success)),
+        "{:?}\n{log}",
+        j.cells
+    );
+    assert!(!log.contains("unsigned"), "{log}");
+    agent.signal("TERM");
+    agent.wait(std::time::Duration::from_secs(20));
+    c.stop();
+}

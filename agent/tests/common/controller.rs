@@ -150,3 +150,16 @@ repository-url: https://example.org/u-boot.git#master\nmachine: {machine}\ntarge
 commit: aaaa\ncommit: bbbb\nboard: sandbox sandbox\nboard: qemu_arm arm\n"
     )
 }
+
+/// A controller that hands out one task for `machine` (results to
+/// `result_url`, session `session`) at the first request, then has none.
+pub fn one_task(machine: &str, result_url: &str, session: &str) -> TestController {
+    let response = task_response(machine, result_url, session);
+    TestController::start(move |_, i| {
+        if i == 0 {
+            Reply::ok(response.clone())
+        } else {
+            Reply::no_task()
+        }
+    })
+}

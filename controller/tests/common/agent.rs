@@ -45,6 +45,16 @@ impl Agent {
     /// Starts an agent offering `machine`, asking `controller_url`; each
     /// fake build takes `build_secs`.
     pub fn start(machine: &str, controller_url: &str, build_secs: u64) -> Self {
+        Self::start_with(machine, controller_url, build_secs, &[])
+    }
+
+    /// [`Agent::start`] with `extra` options.
+    pub fn start_with(
+        machine: &str,
+        controller_url: &str,
+        build_secs: u64,
+        extra: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let m = dir.path().join("machine");
         std::fs::write(
@@ -69,6 +79,7 @@ impl Agent {
                 "--verbose",
                 "3",
             ])
+            .args(extra)
             .arg(controller_url)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
