@@ -153,27 +153,20 @@ pub fn hash_src_tree(src_dir: &Path) -> Option<String> {
     if !dtc_dir.is_dir() {
         return None;
     }
-    // os.walk (no symlinked directories entered), then sorted by path.
+    // os.walk, then sorted by directory and by name within each.
     let mut dirs: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut stack = vec![dtc_dir.clone()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        let mut files = Vec::new();
-        for e in entries.flatten() {
-            let path = e.path();
-            let is_link = e.file_type().is_ok_and(|t| t.is_symlink());
-            if path.is_dir() {
-                if !is_link {
-                    stack.push(path);
-                }
-            } else {
-                files.push(e.file_name().to_string_lossy().into_owned());
-            }
-        }
+    let _ = crate::fswalk::walk(
+        &dtc_dir,
+        |_| true,
+        |dir, e| {
+            dirs.entry(dir.to_string_lossy().into_owned())
+                .or_default()
+                .push(e.file_name().to_string_lossy().into_owned());
+            std::ops::ControlFlow::Continue(())
+        },
+    );
+    for files in dirs.values_mut() {
         files.sort();
-        dirs.insert(dir.to_string_lossy().into_owned(), files);
     }
     let mut hasher = Sha1::new();
     for (dir, files) in &dirs {

@@ -18,6 +18,7 @@
 //!   a SHA-1 of its sources (buildman's key).
 //! - [`lines`]: the source-lines manifest (`lines`) from DWARF line tables.
 //! - [`elf`]: section sizes read from ELF headers.
+//! - [`fswalk`]: the `os.walk`-style directory walk the three above share.
 //! - [`worktree`]: per-thread git worktrees and checkouts.
 //! - [`git`]: every git command, each bounded in time.
 //! - [`toolchain`]: toolchains, `CROSS_COMPILE` and `PATH`.
@@ -41,6 +42,7 @@ mod builder;
 pub mod dtc_cache;
 pub mod elf;
 pub mod engine;
+pub mod fswalk;
 pub mod git;
 pub mod lines;
 pub mod locate;

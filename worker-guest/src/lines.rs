@@ -80,23 +80,16 @@ fn find_readelf() -> PathBuf {
 /// Every `*.o` under `dir` (symbolic links to directories not entered).
 fn object_files(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            let is_link = e.file_type().is_ok_and(|t| t.is_symlink());
-            if path.is_dir() {
-                if !is_link {
-                    stack.push(path);
-                }
-            } else if e.file_name().to_string_lossy().ends_with(".o") {
-                found.push(path);
+    let _ = crate::fswalk::walk(
+        dir,
+        |_| true,
+        |_, e| {
+            if e.file_name().to_string_lossy().ends_with(".o") {
+                found.push(e.path());
             }
-        }
-    }
+            std::ops::ControlFlow::Continue(())
+        },
+    );
     found
 }
 

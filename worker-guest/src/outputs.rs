@@ -202,27 +202,18 @@ pub fn kconfig_changed_since(cfg_file: &Path, src_dir: &Path, target: &str) -> b
     if newer(&src_dir.join("configs").join(format!("{target}_defconfig"))) {
         return true;
     }
-    let mut stack = vec![src_dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            let Ok(ft) = e.file_type() else { continue };
-            let path = e.path();
-            let is_dir = ft.is_dir() || (ft.is_symlink() && path.is_dir());
-            if is_dir {
-                if ft.is_dir() && !name.starts_with('.') && name != "build" {
-                    stack.push(path);
-                }
-            } else if name.starts_with("Kconfig") && newer(&path) {
-                return true;
+    crate::fswalk::walk(
+        src_dir,
+        |name| !name.starts_with('.') && name != "build",
+        |_, e| {
+            if e.file_name().to_string_lossy().starts_with("Kconfig") && newer(&e.path()) {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
             }
-        }
-    }
-    false
+        },
+    )
+    .is_break()
 }
 
 #[cfg(test)]
@@ -234,6 +225,31 @@ mod tests {
         assert_eq!(split_ext(".config"), (".config", None));
         assert_eq!(split_ext("autoconf.mk"), ("autoconf", Some("mk")));
         assert_eq!(split_ext("u-boot-spl.cfg"), ("u-boot-spl", Some("cfg")));
+    }
+
+    #[test]
+    fn kconfig_changes_are_seen_outside_build_and_dot_directories() {
+        let dir = std::env::temp_dir().join(format!("kconfig-walk-{}", std::process::id()));
+        let cfg = dir.join("build/.config");
+        for d in ["build", ".git", "drivers/net", "configs"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        std::fs::write(dir.join("drivers/net/Kconfig"), "old\n").unwrap();
+        std::fs::write(dir.join("configs/b_defconfig"), "old\n").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(!kconfig_changed_since(&cfg, &dir, "b"), "no .config yet");
+        std::fs::write(&cfg, "CONFIG_X=y\n").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        // Newer, but in places the walk skips.
+        std::fs::write(dir.join("build/Kconfig"), "x\n").unwrap();
+        std::fs::write(dir.join(".git/Kconfig"), "x\n").unwrap();
+        assert!(!kconfig_changed_since(&cfg, &dir, "b"));
+        std::fs::write(dir.join("configs/b_defconfig"), "new\n").unwrap();
+        assert!(kconfig_changed_since(&cfg, &dir, "b"), "the board's defconfig");
+        assert!(!kconfig_changed_since(&cfg, &dir, "other"));
+        std::fs::write(dir.join("drivers/net/Kconfig.ext"), "new\n").unwrap();
+        assert!(kconfig_changed_since(&cfg, &dir, "other"), "a Kconfig* file");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
