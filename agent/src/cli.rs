@@ -47,14 +47,8 @@ impl FromStr for ControllerUrl {
                 url = rest;
             }
         }
-        let parsed = reqwest::Url::parse(url)
-            .map_err(|e| ControllerUrlError::Invalid(s.to_string(), e.to_string()))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(ControllerUrlError::Invalid(
-                s.to_string(),
-                "scheme must be http or https".into(),
-            ));
-        }
+        crate::controller::http_url(url)
+            .map_err(|e| ControllerUrlError::Invalid(s.to_string(), e))?;
         Ok(Self {
             priority,
             flags,

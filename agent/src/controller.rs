@@ -147,14 +147,7 @@ impl Client {
 
     /// POSTs a manifest once and returns the body of a 2xx answer.
     fn post_once(&self, url: &str, body: String) -> Result<String, ControllerError> {
-        let parsed =
-            reqwest::Url::parse(url).map_err(|e| ControllerError::BadUrl(e.to_string()))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(ControllerError::BadUrl(format!(
-                "scheme '{}' is not http or https",
-                parsed.scheme()
-            )));
-        }
+        let parsed = http_url(url).map_err(ControllerError::BadUrl)?;
         let resp = self
             .http
             .post(parsed)
@@ -289,6 +282,16 @@ impl Client {
     }
 }
 
+/// `url` parsed, if it is an http or https URL: the only kind a controller
+/// (command line, task and result URLs alike) can have.
+pub fn http_url(url: &str) -> Result<reqwest::Url, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("scheme '{}' is not http or https", parsed.scheme()));
+    }
+    Ok(parsed)
+}
+
 /// A task's `result-url` must be a plain http(s) URL: anything else
 /// (control characters, another scheme) could never take the result, so
 /// the task is refused before a VM spends an hour on it.
@@ -298,14 +301,7 @@ pub fn check_result_url(url: &str) -> Result<(), ControllerError> {
             "result-url contains control characters".into(),
         ));
     }
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|e| ControllerError::Malformed(format!("result-url: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(ControllerError::Malformed(format!(
-            "result-url scheme '{}' is not http or https",
-            parsed.scheme()
-        )));
-    }
+    http_url(url).map_err(|e| ControllerError::Malformed(format!("result-url: {e}")))?;
     Ok(())
 }
 

@@ -101,7 +101,7 @@ fn sigkilled_agents_lose_no_task_and_leak_nothing() {
     let toolchain_dir = tftp.join("toolchain").join(TC);
     std::fs::create_dir_all(&toolchain_dir).expect("toolchain dir");
     std::fs::write(toolchain_dir.join("behaviour"), "builds\n").expect("behaviour");
-    let state = work.path().join("state");
+    let state = work.path().join(format!("state-{TC}"));
     let run = state.join("run");
 
     let ledger: Arc<Mutex<Ledger>> = Arc::new(Mutex::new(Ledger {
@@ -138,28 +138,7 @@ fn sigkilled_agents_lose_no_task_and_leak_nothing() {
         ))
     });
     let _ = result_url.set(ctl.url("/result"));
-    let args: Vec<String> = [
-        "--machines",
-        &fs.path().display().to_string(),
-        "--tftp",
-        &tftp.display().to_string(),
-        "--state",
-        &state.display().to_string(),
-        "--toolchain-name",
-        TC,
-        "--accel",
-        "tcg",
-        "--ram",
-        "1048576",
-        "--idle-sleep",
-        "1",
-        "--verbose",
-        "3",
-        &ctl.url("/"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = vm::agent_args(fs.path(), work.path(), TC, &[], &ctl.url("/"));
 
     // Kill points: the first two in the bootstrap (while the guest boots,
     // and a little later; the second start redoes the bootstrap the first

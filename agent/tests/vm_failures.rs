@@ -57,43 +57,6 @@ fn task_controller(session: &'static str) -> TestController {
     ctl
 }
 
-/// The agent's command line for toolchain `tc` polling `ctl`, `extra`
-/// before the URL.
-fn agent_args(
-    fs: &Path,
-    work: &Path,
-    tc: &str,
-    extra: &[&str],
-    ctl: &TestController,
-) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--machines",
-        &fs.display().to_string(),
-        "--tftp",
-        &work.join("tftp").display().to_string(),
-        "--state",
-        &work.join(format!("state-{tc}")).display().to_string(),
-        "--toolchain-name",
-        tc,
-        "--accel",
-        "tcg",
-        "--ram",
-        "1048576",
-        "--idle-sleep",
-        "1",
-        "--suspend-time",
-        "2",
-        "--verbose",
-        "3",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.push(ctl.url("/"));
-    args
-}
-
 /// Runs one agent for toolchain `tc-<behaviour>` until the controller has
 /// its result; returns the result and the agent's log.
 fn run_case(fs: &Path, work: &Path, case: &Case<'_>) -> (ResultRequestManifest, String) {
@@ -112,7 +75,7 @@ fn run_case(fs: &Path, work: &Path, case: &Case<'_>) -> (ResultRequestManifest, 
     .expect("behaviour");
     let state = work.join(format!("state-{tc}"));
     let ctl = task_controller("s1");
-    let args = agent_args(fs, work, &tc, case.extra_args, &ctl);
+    let args = vm::agent_args(fs, work, &tc, case.extra_args, &ctl.url("/"));
     let mut agent = AgentProc::spawn(&args);
     if case.interrupt {
         // The bootstrap's first request, then the task's.
@@ -183,7 +146,7 @@ fn killed_agent_leaves_nothing(fs: &Path, work: &Path) {
     fs::write(toolchain_dir.join("behaviour"), "hangs\n").expect("behaviour");
     let state = work.join(format!("state-{tc}"));
     let ctl = task_controller("killed-1");
-    let args = agent_args(fs, work, tc, &[], &ctl);
+    let args = vm::agent_args(fs, work, tc, &[], &ctl.url("/"));
     let mut agent = AgentProc::spawn(&args);
     common::wait_for("the task's guest at work", Duration::from_secs(600), || {
         (agent.stderr().matches("guest's first TFTP request").count() >= 2).then_some(())

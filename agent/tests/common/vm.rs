@@ -210,3 +210,36 @@ pub fn scripted_machine() -> (super::btrfs_loop::BtrfsLoop, tempfile::TempDir) {
     make_machine(fs.path(), &guest);
     (fs, work)
 }
+
+/// The agent's command line for the scripted machine's tests: toolchain
+/// `tc`, machines on `fs`, TFTP root `<work>/tftp`, state
+/// `<work>/state-<tc>`, TCG guests of 1 GiB, short idle sleep and
+/// suspension, debug log; `extra` options, then the controller `url`.
+pub fn agent_args(fs: &Path, work: &Path, tc: &str, extra: &[&str], url: &str) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--machines",
+        &fs.display().to_string(),
+        "--tftp",
+        &work.join("tftp").display().to_string(),
+        "--state",
+        &work.join(format!("state-{tc}")).display().to_string(),
+        "--toolchain-name",
+        tc,
+        "--accel",
+        "tcg",
+        "--ram",
+        "1048576",
+        "--idle-sleep",
+        "1",
+        "--suspend-time",
+        "2",
+        "--verbose",
+        "3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push(url.to_string());
+    args
+}
