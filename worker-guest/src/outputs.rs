@@ -245,10 +245,16 @@ mod tests {
         std::fs::write(dir.join(".git/Kconfig"), "x\n").unwrap();
         assert!(!kconfig_changed_since(&cfg, &dir, "b"));
         std::fs::write(dir.join("configs/b_defconfig"), "new\n").unwrap();
-        assert!(kconfig_changed_since(&cfg, &dir, "b"), "the board's defconfig");
+        assert!(
+            kconfig_changed_since(&cfg, &dir, "b"),
+            "the board's defconfig"
+        );
         assert!(!kconfig_changed_since(&cfg, &dir, "other"));
         std::fs::write(dir.join("drivers/net/Kconfig.ext"), "new\n").unwrap();
-        assert!(kconfig_changed_since(&cfg, &dir, "other"), "a Kconfig* file");
+        assert!(
+            kconfig_changed_since(&cfg, &dir, "other"),
+            "a Kconfig* file"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
