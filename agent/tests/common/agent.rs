@@ -173,6 +173,11 @@ impl Scratch {
     }
     /// [`Scratch::args`] with `--request-retries retries`.
     pub fn args_retrying(&self, retries: u32, extra: &[&str]) -> Vec<String> {
+        self.args_with(2, retries, extra)
+    }
+    /// [`Scratch::args`] with `--request-timeout request_timeout` and
+    /// `--request-retries retries`.
+    pub fn args_with(&self, request_timeout: u32, retries: u32, extra: &[&str]) -> Vec<String> {
         let mut v: Vec<String> = vec![
             "--fake-machine".into(),
             self.machine().display().to_string(),
@@ -182,7 +187,7 @@ impl Scratch {
             "--verbose".into(),
             "2".into(),
             "--request-timeout".into(),
-            "2".into(),
+            request_timeout.to_string(),
             "--request-retries".into(),
             retries.to_string(),
         ];
