@@ -180,9 +180,8 @@ fn spooled_sessions(spool: &Spool) -> HashSet<String> {
     spool
         .pending()
         .unwrap_or_default()
-        .iter()
-        .filter_map(|s| ResultRequestManifest::parse(s.body.as_bytes(), "spool").ok())
-        .map(|r| r.session)
+        .into_iter()
+        .map(|s| s.session)
         .collect()
 }
 

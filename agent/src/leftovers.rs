@@ -232,6 +232,16 @@ mod tests {
             .stdin(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        // Seen under its new command line (a spawn racing other tests'
+        // forks can show the parent's for a moment).
+        let end = Instant::now() + Duration::from_secs(5);
+        while !processes_using(&dir).contains(&child.id()) {
+            assert!(
+                Instant::now() < end,
+                "the stand-in never showed its command line"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let mine = run_root.join(format!("m-{}-1", std::process::id()));
         std::fs::create_dir_all(&mine).unwrap();
         let tftp = root.path().join("tftp/build/tc");

@@ -96,6 +96,8 @@ pub struct Spooled {
     pub path: PathBuf,
     /// The controller's `result-url`.
     pub url: String,
+    /// The result request's session.
+    pub session: String,
     /// The serialized result request manifest.
     pub body: String,
 }
@@ -178,6 +180,7 @@ impl Spool {
         Ok(Spooled {
             path,
             url: url.to_string(),
+            session: req.session.clone(),
             body,
         })
     }
@@ -276,6 +279,7 @@ impl Spool {
         Ok(Spooled {
             path: path.to_path_buf(),
             url,
+            session: req.session.clone(),
             body,
         })
     }
