@@ -63,6 +63,12 @@ HOSTCC ?= gcc
 CFLAGS := -g -Wall -O2 -ffreestanding -fno-pic -fno-stack-protector -fno-asynchronous-unwind-tables $(KCFLAGS)
 LDFLAGS := -nostdlib -static -Wl,-e,fixture_entry -Wl,--build-id=none
 
+# Each compiler's messages in one piece even under -j: buildman's summary
+# ties a gcc "In function" line to the warning that follows it, so two
+# compilers interleaving their stderr would make `buildman -s -e` depend on
+# timing, in a local build and in ours alike.
+MAKEFLAGS += --output-sync=target
+
 .DEFAULT_GOAL := all
 .PHONY: all cfg mrproper scripts_dtc FORCE
 
