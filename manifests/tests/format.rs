@@ -200,7 +200,19 @@ fn control_characters() {
         8,
         "invalid control character U+0001 in value",
     );
-    assert_error(b": 1\nname: a\rb\n", 2, 8, "U+000D");
+}
+
+/// build2 reads a lone CR as a line break, so do we.
+#[test]
+fn lone_cr_is_a_line_break() {
+    let m = parse_manifest(b": 1\nname: a\rb: c\r\nd: e\n", "cr").unwrap();
+    let pairs: Vec<(&str, &str)> = m
+        .values
+        .iter()
+        .map(|nv| (nv.name.as_str(), nv.value.as_str()))
+        .collect();
+    assert_eq!(pairs, [("name", "a"), ("b", "c"), ("d", "e")]);
+    assert_eq!(m.values[1].name_pos.line, 3);
 }
 
 #[test]
@@ -233,8 +245,34 @@ fn serializer_rejects_what_it_cannot_write() {
         ("a b", "v", "whitespace"),
         ("a:b", "v", "':'"),
         ("#x", "v", "'#'"),
-        ("ok", "bell\x07", "control character U+0007"),
-        ("ok", "cr\r\n", "control character U+000D"),
+        ("ok", "bell\x07", "U+0007 at byte 4, a control code point"),
+        ("ok", "cr\r\n", "U+000D at byte 2, a control code point"),
+        ("ok", "bom\u{feff}", "U+FEFF at byte 3, a format code point"),
+        (
+            "ok",
+            "zero\u{200b}width",
+            "U+200B at byte 4, a format code point",
+        ),
+        (
+            "ok",
+            "next line\u{85}",
+            "U+0085 at byte 9, a control code point",
+        ),
+        (
+            "ok",
+            "private\u{e000}",
+            "U+E000 at byte 7, a private-use code point",
+        ),
+        (
+            "ok",
+            "non\u{fdd0}",
+            "U+FDD0 at byte 3, a noncharacter code point",
+        ),
+        (
+            "n\u{feff}",
+            "v",
+            "name contains U+FEFF, a format code point",
+        ),
     ] {
         let e = serialize_manifest(&manifest(&[(name, value)])).expect_err(name);
         assert!(e.to_string().contains(what), "{e}");

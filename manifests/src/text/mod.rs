@@ -5,6 +5,7 @@
 //! name/value pairs); nothing else in the workspace parses or writes the
 //! text form by hand.
 
+pub mod codepoint;
 mod parser;
 mod serializer;
 
@@ -159,11 +160,15 @@ pub struct SerializeError {
     pub message: String,
 }
 
-/// Makes arbitrary text (a build log) safe to carry in a manifest value:
-/// CR LF and lone CR become LF, tabs and newlines stay, every other control
-/// character becomes a visible `\xNN` escape. Nothing is dropped, so a log
-/// keeps all it said.
+/// Makes arbitrary text (a build log) safe to carry in a manifest value
+/// that build2 will accept: CR LF and lone CR become LF, tabs and newlines
+/// stay, and every code point build2 refuses (see [`codepoint`]: C0 and C1
+/// controls, format characters such as U+FEFF and U+200B, private-use,
+/// noncharacters, reserved) becomes a visible escape, `\xNN` for ASCII
+/// controls and `\u{XXXX}` for the rest. Nothing is dropped, so a log keeps
+/// all it said.
 pub fn sanitize_text(s: &str) -> String {
+    use fmt::Write;
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {
@@ -175,18 +180,23 @@ pub fn sanitize_text(s: &str) -> String {
                 out.push('\n');
             }
             '\n' | '\t' => out.push(c),
-            c if is_forbidden_control(c) => {
-                use fmt::Write;
+            c if codepoint::is_build2_text(c) => out.push(c),
+            c if c.is_ascii() => {
                 let _ = write!(out, "\\x{:02x}", c as u32);
             }
-            c => out.push(c),
+            c => {
+                let _ = write!(out, "\\u{{{:04x}}}", c as u32);
+            }
         }
     }
     out
 }
 
-/// Control characters the format cannot carry in names or values (build2
-/// accepts only graphic code points plus newline and tab).
+/// Control characters our parser refuses outright in names and values (C0
+/// controls other than newline and tab, and DEL), as build2's does. Other
+/// code points build2 refuses are read, so that a guest's result with a
+/// stray U+FEFF in a log is not lost whole: whoever forwards such text
+/// passes it through [`sanitize_text`], and the serializer refuses it.
 pub(crate) fn is_forbidden_control(c: char) -> bool {
     (c < ' ' && c != '\n' && c != '\t') || c == '\u{7f}'
 }
@@ -198,5 +208,17 @@ mod tests {
     #[test]
     fn sanitize_keeps_text_and_escapes_controls() {
         assert_eq!(sanitize_text("a\r\nb\rc\x1b[0m\td"), "a\nb\nc\\x1b[0m\td");
+    }
+
+    #[test]
+    fn sanitize_escapes_what_build2_refuses() {
+        let s = sanitize_text("bom\u{feff} nel\u{85} zw\u{200b} pua\u{e000} nc\u{fffe} ok é ✓");
+        assert_eq!(
+            s,
+            "bom\\u{feff} nel\\u{0085} zw\\u{200b} pua\\u{e000} nc\\u{fffe} ok é ✓"
+        );
+        assert!(s
+            .chars()
+            .all(|c| c == '\n' || c == '\t' || codepoint::is_build2_text(c)));
     }
 }

@@ -54,13 +54,17 @@ impl<'a> Parser<'a> {
                 message: format!("invalid UTF-8 sequence (byte 0x{:02x})", input[at]),
             });
         }
-        // CR LF line ends are accepted (files edited on other systems) and
-        // read as LF; a lone CR stays and is rejected as a control character.
+        // CR is a line break, as in build2's parser: CR LF (files edited on
+        // other systems) and a lone CR both read as LF, so a value holds
+        // what build2 would make of the same bytes.
         let src = if memchr_cr(input) {
             let mut v = Vec::with_capacity(input.len());
             let mut i = 0;
             while i < input.len() {
-                if input[i] == b'\r' && input.get(i + 1) == Some(&b'\n') {
+                if input[i] == b'\r' {
+                    if input.get(i + 1) != Some(&b'\n') {
+                        v.push(b'\n');
+                    }
                     i += 1;
                     continue;
                 }

@@ -5,7 +5,8 @@
 //! newlines or edge blanks, long simple values wrapped with `\`
 //! continuations at about 78 columns, and no trailing `:` after a stream.
 
-use super::{is_forbidden_control, Manifest, SerializeError, FORMAT_VERSION};
+use super::codepoint::{codepoint_type, is_build2_text};
+use super::{Manifest, SerializeError, FORMAT_VERSION};
 
 /// Column after which a simple value is continued on the next line; with
 /// the `\` that makes 78 columns, build2's line width.
@@ -80,11 +81,15 @@ fn check_name(manifest: &Manifest, name: &str) -> Result<usize, SerializeError> 
                 return Err(error(manifest, name, "name contains whitespace"))
             }
             ':' => return Err(error(manifest, name, "name contains ':'")),
-            c if is_forbidden_control(c) => {
+            c if !is_build2_text(c) => {
                 return Err(error(
                     manifest,
                     name,
-                    format!("name contains control character U+{:04X}", c as u32),
+                    format!(
+                        "name contains U+{:04X}, a {} code point build2 refuses",
+                        c as u32,
+                        codepoint_type(c).name()
+                    ),
                 ))
             }
             _ => columns += 1,
@@ -93,19 +98,29 @@ fn check_name(manifest: &Manifest, name: &str) -> Result<usize, SerializeError> 
     Ok(columns)
 }
 
+/// A value build2 reads back unchanged: only graphic code points, newline
+/// and tab (a CR would be read as a line break).
 fn check_value(manifest: &Manifest, name: &str, value: &str) -> Result<(), SerializeError> {
-    let bad = value
-        .bytes()
-        .position(|b| (b < 0x20 && b != b'\n' && b != b'\t') || b == 0x7f);
+    // ASCII text is the bulk of every log: check it bytewise, and look at
+    // code points only past the first byte that is not plain ASCII.
+    let plain = |b: u8| (0x20..0x7f).contains(&b) || b == b'\n' || b == b'\t';
+    let Some(start) = value.bytes().position(|b| !plain(b)) else {
+        return Ok(());
+    };
+    let bad = value[start..]
+        .char_indices()
+        .find(|&(_, c)| c == '\r' || !is_build2_text(c));
     match bad {
         None => Ok(()),
-        Some(at) => Err(error(
+        Some((at, c)) => Err(error(
             manifest,
             name,
             format!(
-                "value contains control character U+{:04X} at byte {at} \
+                "value contains U+{:04X} at byte {}, a {} code point build2 refuses \
                  (run text such as build logs through sanitize_text first)",
-                value.as_bytes()[at]
+                c as u32,
+                start + at,
+                codepoint_type(c).name()
             ),
         )),
     }
