@@ -16,12 +16,13 @@
 #[allow(dead_code)]
 mod btrfs_loop;
 
+use manifests::guest;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bbot_agent::tftp::TftpServer;
+use bbot_agent::tftp::{SessionRules, TftpServer};
 use bbot_agent::vm::{qemu_args, Accel, Network, VmSpec};
 use manifests::{BootstrappedMachineManifest, Document};
 
@@ -105,8 +106,13 @@ fn by_hand(machines: &Path, work: &Path, n: usize) -> Duration {
         .expect("btrfs snapshot");
     assert!(st.success());
     std::fs::write(get.join("manifest"), task_manifest()).expect("task");
-    let server = TftpServer::start(IpAddr::V4(Ipv4Addr::LOCALHOST), &get, &put, 15 << 20)
-        .expect("TFTP server");
+    let server = TftpServer::start(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        &get,
+        &put,
+        SessionRules::for_phase(guest::Phase::Task),
+    )
+    .expect("TFTP server");
     let tftp = SocketAddr::new(
         IpAddr::V4(Ipv4Addr::new(10, 0, 2, 2)),
         server.local_addr().port(),
@@ -122,10 +128,16 @@ fn by_hand(machines: &Path, work: &Path, n: usize) -> Duration {
         mac: bbot_agent::qemu_runner::machine_mac(&b.machine).to_string(),
         network: Network::User,
         fw_cfg: vec![
-            ("opt/bbot/tftp".into(), tftp.to_string()),
-            ("opt/bbot/mode".into(), "task".into()),
+            (guest::FW_CFG_TFTP.into(), tftp.to_string()),
+            (
+                guest::FW_CFG_MODE.into(),
+                guest::Phase::Task.as_str().into(),
+            ),
         ],
-        kernel_args: vec![format!("bbot.tftp={tftp}"), "bbot.mode=task".into()],
+        kernel_args: vec![
+            guest::cmdline_arg(guest::CMDLINE_TFTP, &tftp.to_string()),
+            guest::cmdline_arg(guest::CMDLINE_MODE, guest::Phase::Task.as_str()),
+        ],
         run_dir: work.join(format!("hand-run-{n}")),
     };
     std::fs::create_dir_all(&spec.run_dir).expect("run dir");

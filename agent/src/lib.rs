@@ -22,6 +22,7 @@ pub mod machines;
 pub mod notify;
 pub mod qemu_runner;
 pub mod qmp;
+pub mod result_check;
 pub mod runner;
 pub mod signals;
 pub mod spool;

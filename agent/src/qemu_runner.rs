@@ -27,8 +27,9 @@ use manifests::{BootstrapManifest, Document, MacAddress, MachineManifest, Result
 
 use crate::cancel::Cancel;
 use crate::runner::{BootstrapJob, MachineRunner, RunnerError, TaskJob, VmConfig};
-use crate::tftp::{Phase, TftpEvent, TftpLayout, TftpServer, DEFAULT_UPLOAD_LIMIT};
+use crate::tftp::{shown_name, Phase, SessionRules, TftpEvent, TftpLayout, TftpServer};
 use crate::vm::{Accel, Network, Vm, VmSpec, VmState};
+use manifests::guest;
 
 /// The guest's view of the host under QEMU user-mode networking.
 const USER_NET_HOST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
@@ -39,7 +40,7 @@ const SELF_POWEROFF_WAIT: Duration = Duration::from_secs(3);
 /// How long a guest asked to power off (ACPI) gets before it is forced down.
 const TASK_POWEROFF_GRACE: Duration = Duration::from_secs(10);
 /// The manifest the guest fetches and uploads.
-const MANIFEST: &str = "manifest";
+const MANIFEST: &str = guest::MANIFEST_FILE;
 
 /// Settings of the QEMU runner beyond [`VmConfig`].
 #[derive(Debug, Clone)]
@@ -152,14 +153,11 @@ impl QemuRunner {
             bind,
             &layout.get_dir(phase),
             &layout.put_dir(phase),
-            DEFAULT_UPLOAD_LIMIT,
+            SessionRules::for_phase(phase),
         )
         .map_err(|e| RunnerError::Failed(e.to_string()))?;
         let tftp = SocketAddr::new(advertised, server.local_addr().port()).to_string();
-        let mode = match phase {
-            Phase::Bootstrap => "bootstrap",
-            Phase::Task => "task",
-        };
+        let mode = phase.as_str();
         let options = machine
             .option_args()
             .map_err(|e| RunnerError::Failed(e.message().to_string()))?;
@@ -187,10 +185,13 @@ impl QemuRunner {
                 },
             },
             fw_cfg: vec![
-                ("opt/bbot/tftp".into(), tftp.clone()),
-                ("opt/bbot/mode".into(), mode.into()),
+                (guest::FW_CFG_TFTP.into(), tftp.clone()),
+                (guest::FW_CFG_MODE.into(), mode.into()),
             ],
-            kernel_args: vec![format!("bbot.tftp={tftp}"), format!("bbot.mode={mode}")],
+            kernel_args: vec![
+                guest::cmdline_arg(guest::CMDLINE_TFTP, &tftp),
+                guest::cmdline_arg(guest::CMDLINE_MODE, mode),
+            ],
             run_dir: self
                 .cfg
                 .run_root
@@ -264,7 +265,10 @@ impl QemuRunner {
                         return Ok(path);
                     }
                     TftpEvent::Refused { op, name, reason } => {
-                        tracing::warn!("guest's TFTP {op} '{name}' refused: {reason}");
+                        tracing::warn!(
+                            "guest's TFTP {op} '{}' refused: {reason}",
+                            shown_name(&name)
+                        );
                     }
                     other => tracing::debug!("guest TFTP: {other:?}"),
                 }

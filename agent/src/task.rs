@@ -11,6 +11,7 @@ use manifests::{sanitize_text, OperationResult, ResultManifest, ResultStatus, Ta
 
 use crate::cancel::Cancel;
 use crate::machines::{BootstrappedMachine, TempSubvolume};
+use crate::result_check::vet_guest_result;
 use crate::runner::{MachineRunner, RunnerError, TaskJob};
 
 /// What performing a task needs besides the task and the machine.
@@ -75,12 +76,8 @@ pub fn perform(
         }
     }
     match outcome {
-        Ok(mut r) => {
-            // The result describes this task, whatever the guest wrote.
-            r.name = task.name.clone();
-            r.version = task.version.clone();
-            r
-        }
+        // The result describes this task, whatever the guest wrote.
+        Ok(r) => vet_guest_result(task, r),
         Err(RunnerError::Interrupted) => {
             tracing::warn!("task {} {} interrupted", task.name, task.version);
             status_result(task, ResultStatus::Interrupt)
@@ -92,9 +89,7 @@ pub fn perform(
     }
 }
 
-/// Name of the operation that reports what went wrong with the machine
-/// itself (as opposed to a board build).
-pub const MACHINE_OPERATION: &str = "machine";
+pub use manifests::guest::MACHINE_OPERATION;
 
 /// The result of a task whose machine failed: bbot's `abort` for a missed
 /// deadline (the operation was cut short), `abnormal` for a machine or

@@ -6,13 +6,21 @@
 //! guest reads only its phase's GET directory and writes only its PUT
 //! directory, never through `..`, absolute paths or symlinks leading out.
 //! Uploads land in a temporary file renamed into place when the transfer
-//! completes, so the agent never reads a half-written manifest, and are
-//! capped in size. Every request is reported on a channel so the agent can
-//! run bbot's startup and build timeouts off the guest's activity.
+//! completes, so the agent never reads a half-written manifest.
+//!
+//! The guest is hostile, so each server enforces its session's
+//! [`SessionRules`]: in the task phase GET serves only the task manifest;
+//! the result manifest is accepted once (a second upload cannot replace
+//! it); uploads are capped per file, in number and in bytes per session;
+//! and once the guest has been heard from, requests from any other address
+//! are refused. Every request is reported on a channel so the agent can run
+//! bbot's startup and build timeouts off the guest's activity. Names the
+//! guest sends are escaped before they are logged.
 
 use async_tftp::packet;
 use async_tftp::server::{Handler, TftpServerBuilder};
 use futures_lite::AsyncWrite;
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -20,22 +28,62 @@ use std::path::{Component, Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// Largest upload accepted by default: the controller's result size cap.
-pub const DEFAULT_UPLOAD_LIMIT: u64 = 15 * 1024 * 1024;
+use manifests::guest;
+pub use manifests::guest::Phase;
 
-/// Which of the guest contract's two phases a VM is in; it decides the
-/// directories the guest can reach.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// First boot of a machine revision for a toolchain.
-    Bootstrap,
-    /// A build task.
-    Task,
+/// What one session's guest may do through its TFTP server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRules {
+    /// The only names GET serves; `None` serves any file of the GET
+    /// directory (the bootstrap phase: the toolchain's files).
+    pub get_names: Option<Vec<String>>,
+    /// Names that can be uploaded once: after one is stored (or while it is
+    /// arriving) another upload of it is refused.
+    pub put_once: Vec<String>,
+    /// Largest single upload.
+    pub max_file_bytes: u64,
+    /// Most uploads accepted in the session.
+    pub max_files: u32,
+    /// Most bytes received in the session, all uploads together (broken-off
+    /// ones included).
+    pub max_bytes: u64,
+}
+
+impl SessionRules {
+    /// The guest contract's rules for `phase` (PROTOCOLS.md section 5).
+    pub fn for_phase(phase: Phase) -> Self {
+        SessionRules {
+            get_names: match phase {
+                Phase::Bootstrap => None,
+                Phase::Task => Some(vec![guest::MANIFEST_FILE.to_string()]),
+            },
+            put_once: vec![guest::MANIFEST_FILE.to_string()],
+            max_file_bytes: guest::MAX_UPLOAD_BYTES,
+            max_files: guest::MAX_SESSION_UPLOADS,
+            max_bytes: guest::MAX_SESSION_UPLOAD_BYTES,
+        }
+    }
+}
+
+/// A guest-supplied name as it may appear in the agent's log: at most 200
+/// characters, control and other invisible characters escaped.
+pub fn shown_name(name: &str) -> String {
+    const MAX: usize = 200;
+    let mut s: String = name
+        .chars()
+        .take(MAX)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
+    if name.chars().nth(MAX).is_some() {
+        s.push_str("...");
+    }
+    s
 }
 
 /// The `--tftp` directory tree and the toolchain whose subdirectories a
@@ -132,12 +180,13 @@ pub struct TftpServer {
 }
 
 impl TftpServer {
-    /// Serves `get_dir` and `put_dir` on an ephemeral UDP port of `bind`.
+    /// Serves `get_dir` and `put_dir` on an ephemeral UDP port of `bind`,
+    /// under `rules`.
     pub fn start(
         bind: IpAddr,
         get_dir: &Path,
         put_dir: &Path,
-        upload_limit: u64,
+        rules: SessionRules,
     ) -> Result<TftpServer, TftpError> {
         let canonical = |p: &Path| {
             fs::canonicalize(p).map_err(|source| TftpError::Directory {
@@ -149,7 +198,10 @@ impl TftpServer {
         let handler = GuestHandler {
             get_dir: canonical(get_dir)?,
             put_dir: canonical(put_dir)?,
-            upload_limit,
+            rules,
+            peer: None,
+            uploads: 0,
+            session: Arc::new(Mutex::new(SessionState::default())),
             events: tx,
         };
         let socket = UdpSocket::bind(SocketAddr::new(bind, 0))
@@ -330,11 +382,64 @@ pub fn resolve_put(dir: &Path, name: &str) -> Result<PathBuf, Refusal> {
 struct GuestHandler {
     get_dir: PathBuf,
     put_dir: PathBuf,
-    upload_limit: u64,
+    rules: SessionRules,
+    /// The guest's address, fixed by its first accepted request.
+    peer: Option<IpAddr>,
+    /// Uploads accepted so far.
+    uploads: u32,
+    session: Arc<Mutex<SessionState>>,
     events: Sender<TftpEvent>,
 }
 
+/// What the session's uploads have used, shared with the uploads in
+/// flight.
+#[derive(Debug, Default)]
+struct SessionState {
+    /// Bytes received, all uploads together.
+    bytes: u64,
+    /// The [`SessionRules::put_once`] names being received or stored.
+    once_taken: HashMap<String, bool>,
+}
+
+fn session_state(m: &Mutex<SessionState>) -> std::sync::MutexGuard<'_, SessionState> {
+    // A panic while holding the lock leaves plain counters behind: go on.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A requested name without its optional leading `/`, as the contract
+/// names files.
+fn plain_name(name: &str) -> &str {
+    name.strip_prefix('/').unwrap_or(name)
+}
+
 impl GuestHandler {
+    /// The session's guest is whoever made the first accepted request;
+    /// requests from any other address are refused. (With user networking
+    /// every guest's packets come from the host's loopback: there the
+    /// guest's network namespace keeps other guests out.)
+    fn check_peer(
+        &mut self,
+        op: &'static str,
+        name: &str,
+        client: &SocketAddr,
+    ) -> Result<(), packet::Error> {
+        match self.peer {
+            None => {
+                self.peer = Some(client.ip());
+                Ok(())
+            }
+            Some(ip) if ip == client.ip() => Ok(()),
+            Some(ip) => Err(self.refuse_as(
+                op,
+                name,
+                Refusal::denied(&format!(
+                    "{} is not this session's guest ({ip})",
+                    client.ip()
+                )),
+            )),
+        }
+    }
+
     fn refuse(&self, op: &'static str, name: &str, reason: String) -> packet::Error {
         self.report(op, name, &reason);
         packet::Error::Msg(format!("{name}: {reason}"))
@@ -350,7 +455,7 @@ impl GuestHandler {
     }
 
     fn report(&self, op: &'static str, name: &str, reason: &str) {
-        tracing::warn!("TFTP {op} '{name}' refused: {reason}");
+        tracing::warn!("TFTP {op} '{}' refused: {reason}", shown_name(name));
         let _ = self.events.send(TftpEvent::Refused {
             op,
             name: name.to_string(),
@@ -367,49 +472,81 @@ impl Handler for GuestHandler {
 
     async fn read_req_open(
         &mut self,
-        _client: &SocketAddr,
+        client: &SocketAddr,
         path: &Path,
     ) -> Result<(Self::Reader, Option<u64>), packet::Error> {
         let name = path.to_string_lossy().into_owned();
+        self.check_peer("GET", &name, client)?;
+        if let Some(names) = &self.rules.get_names {
+            if !names.iter().any(|n| n == plain_name(&name)) {
+                return Err(self.refuse_as(
+                    "GET",
+                    &name,
+                    Refusal::not_found("not a file of this session"),
+                ));
+            }
+        }
         let real =
             resolve_get(&self.get_dir, &name).map_err(|r| self.refuse_as("GET", &name, r))?;
         let file = File::open(&real).map_err(|e| self.refuse("GET", &name, e.to_string()))?;
         let len = file.metadata().ok().map(|m| m.len());
-        tracing::debug!("TFTP GET '{name}' -> {}", real.display());
+        tracing::debug!("TFTP GET '{}' -> {}", shown_name(&name), real.display());
         let _ = self.events.send(TftpEvent::Get { name });
         Ok((blocking::Unblock::new(file), len))
     }
 
     async fn write_req_open(
         &mut self,
-        _client: &SocketAddr,
+        client: &SocketAddr,
         path: &Path,
         size: Option<u64>,
     ) -> Result<Self::Writer, packet::Error> {
         let name = path.to_string_lossy().into_owned();
+        self.check_peer("PUT", &name, client)?;
         let target =
             resolve_put(&self.put_dir, &name).map_err(|r| self.refuse_as("PUT", &name, r))?;
-        if let Some(size) = size.filter(|s| *s > self.upload_limit) {
+        let limit = self.rules.max_file_bytes;
+        if let Some(size) = size.filter(|s| *s > limit) {
             return Err(self.refuse(
                 "PUT",
                 &name,
-                format!(
-                    "{size} bytes exceed the upload limit of {} bytes",
-                    self.upload_limit
-                ),
+                format!("{size} bytes exceed the upload limit of {limit} bytes"),
             ));
         }
+        if self.uploads >= self.rules.max_files {
+            let max = self.rules.max_files;
+            return Err(self.refuse("PUT", &name, format!("over the session's {max} uploads")));
+        }
+        let once = plain_name(&name).to_string();
+        let once = self.rules.put_once.contains(&once).then_some(once);
+        if let Some(key) = &once {
+            let mut state = session_state(&self.session);
+            if state.once_taken.get(key).copied().unwrap_or(false) {
+                drop(state);
+                return Err(self.refuse(
+                    "PUT",
+                    &name,
+                    "already uploaded in this session (one upload only)".to_string(),
+                ));
+            }
+            state.once_taken.insert(key.clone(), true);
+        }
+        self.uploads += 1;
         let dir = target.parent().unwrap_or(&self.put_dir);
         let temp = dir.join(format!(
             ".bbot-upload-{}-{}",
             std::process::id(),
             UPLOAD_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp)
-            .map_err(|e| self.refuse("PUT", &name, e.to_string()))?;
+        let file = match OpenOptions::new().write(true).create_new(true).open(&temp) {
+            Ok(f) => f,
+            Err(e) => {
+                if let Some(key) = &once {
+                    session_state(&self.session).once_taken.remove(key);
+                }
+                return Err(self.refuse("PUT", &name, e.to_string()));
+            }
+        };
         let _ = self
             .events
             .send(TftpEvent::PutStarted { name: name.clone() });
@@ -419,7 +556,10 @@ impl Handler for GuestHandler {
             target,
             name,
             written: 0,
-            limit: self.upload_limit,
+            limit,
+            session_limit: self.rules.max_bytes,
+            session: Arc::clone(&self.session),
+            once,
             events: self.events.clone(),
             done: false,
         })
@@ -436,8 +576,24 @@ pub struct AtomicUpload {
     name: String,
     written: u64,
     limit: u64,
+    session_limit: u64,
+    session: Arc<Mutex<SessionState>>,
+    /// The put-once name this upload holds, released if it breaks off.
+    once: Option<String>,
     events: Sender<TftpEvent>,
     done: bool,
+}
+
+impl AtomicUpload {
+    fn over(&self, reason: String) -> Poll<io::Result<usize>> {
+        tracing::warn!("TFTP PUT '{}' refused: {reason}", shown_name(&self.name));
+        let _ = self.events.send(TftpEvent::Refused {
+            op: "PUT",
+            name: self.name.clone(),
+            reason: reason.clone(),
+        });
+        Poll::Ready(Err(io::Error::other(reason)))
+    }
 }
 
 impl AsyncWrite for AtomicUpload {
@@ -448,18 +604,16 @@ impl AsyncWrite for AtomicUpload {
     ) -> Poll<io::Result<usize>> {
         if self.written + buf.len() as u64 > self.limit {
             let limit = self.limit;
-            tracing::warn!(
-                "TFTP PUT '{}' refused: over the upload limit of {limit} bytes",
-                self.name
-            );
-            let _ = self.events.send(TftpEvent::Refused {
-                op: "PUT",
-                name: self.name.clone(),
-                reason: format!("over the upload limit of {limit} bytes"),
-            });
-            return Poll::Ready(Err(io::Error::other(format!(
-                "upload exceeds {limit} bytes"
-            ))));
+            return self.over(format!("over the upload limit of {limit} bytes"));
+        }
+        {
+            let mut state = session_state(&self.session);
+            if state.bytes + buf.len() as u64 > self.session_limit {
+                drop(state);
+                let limit = self.session_limit;
+                return self.over(format!("over the session's upload limit of {limit} bytes"));
+            }
+            state.bytes += buf.len() as u64;
         }
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(Err(io::Error::other("upload already closed")));
@@ -486,7 +640,7 @@ impl AsyncWrite for AtomicUpload {
             self.done = true;
             tracing::debug!(
                 "TFTP PUT '{}' stored as {}",
-                self.name,
+                shown_name(&self.name),
                 self.target.display()
             );
             let _ = self.events.send(TftpEvent::Stored {
@@ -503,6 +657,10 @@ impl Drop for AtomicUpload {
     fn drop(&mut self) {
         if !self.done {
             let _ = fs::remove_file(&self.temp);
+            // A broken-off upload of a put-once name may be tried again.
+            if let Some(key) = &self.once {
+                session_state(&self.session).once_taken.remove(key);
+            }
         }
     }
 }

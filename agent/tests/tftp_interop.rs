@@ -2,7 +2,7 @@
 //! curl, for GET, PUT, the blksize option, and every way a guest might try
 //! to leave its directories.
 
-use bbot_agent::tftp::{TftpEvent, TftpServer};
+use bbot_agent::tftp::{Phase, SessionRules, TftpEvent, TftpServer};
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -17,7 +17,16 @@ struct Setup {
     server: TftpServer,
 }
 
+/// Any file of the GET directory (the bootstrap phase's rule), uploads up
+/// to `limit` bytes each.
 fn setup(limit: u64) -> Setup {
+    setup_with(SessionRules {
+        max_file_bytes: limit,
+        ..SessionRules::for_phase(Phase::Bootstrap)
+    })
+}
+
+fn setup_with(rules: SessionRules) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let get = tmp.path().join("get");
     let put = tmp.path().join("put");
@@ -34,7 +43,7 @@ fn setup(limit: u64) -> Setup {
     std::os::unix::fs::symlink(outside.join("secret"), get.join("escape")).unwrap();
     std::os::unix::fs::symlink("manifest", get.join("alias")).unwrap();
     std::os::unix::fs::symlink(&outside, put.join("outlink")).unwrap();
-    let server = TftpServer::start(IpAddr::V4(Ipv4Addr::LOCALHOST), &get, &put, limit).unwrap();
+    let server = TftpServer::start(IpAddr::V4(Ipv4Addr::LOCALHOST), &get, &put, rules).unwrap();
     Setup {
         _tmp: tmp,
         get,

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use bbot_agent::tftp::TftpServer;
+use bbot_agent::tftp::{Phase, SessionRules, TftpServer};
 use common::agent::AgentProc;
 use common::btrfs_loop::BtrfsLoop;
 use common::controller::{Reply, TestController};
@@ -75,8 +75,13 @@ fn build_outside_the_vm(worker_guest: &Path, task: &str, work: &Path) -> ResultM
         .map(|(_, t)| format!(": 1\n{t}"))
         .expect("task");
     std::fs::write(get.join("manifest"), task_only).expect("task manifest");
-    let server = TftpServer::start(IpAddr::V4(Ipv4Addr::LOCALHOST), &get, &put, 15 << 20)
-        .expect("TFTP server");
+    let server = TftpServer::start(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        &get,
+        &put,
+        SessionRules::for_phase(Phase::Task),
+    )
+    .expect("TFTP server");
     let out = Command::new(worker_guest)
         .arg("task")
         .arg("--tftp")

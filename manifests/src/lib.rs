@@ -6,7 +6,9 @@
 //! - [`bbot`]: the typed manifests of PROTOCOLS.md sections 2 and 6 (machine,
 //!   toolchain, bootstrap, task request/response, task, result), each
 //!   checked on the way in and written in canonical order on the way out,
-//!   with unknown fields kept.
+//!   with unknown fields kept;
+//! - [`guest`]: the guest contract's names, keys and limits, shared by the
+//!   agent and the guest.
 //!
 //! ```
 //! use manifests::{Document, ResultManifest, OperationResult, ResultStatus};
@@ -23,6 +25,7 @@
 pub mod bbot;
 pub mod detect;
 mod error;
+pub mod guest;
 mod status;
 pub mod summary;
 pub mod text;

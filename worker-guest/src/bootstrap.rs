@@ -22,10 +22,7 @@ use manifests::{BootstrapManifest, Document};
 
 use crate::tftp_client::{TftpClient, TftpError};
 
-/// The file of the toolchain directory holding the worker to install.
-pub const WORKER_FILE: &str = "worker-guest";
-/// The file the bootstrap manifest is uploaded as.
-pub const MANIFEST: &str = "manifest";
+pub use manifests::guest::{MANIFEST_FILE as MANIFEST, WORKER_FILE};
 /// How long a `--version` may take before the program counts as broken.
 pub const VERSION_TIMEOUT: Duration = Duration::from_secs(30);
 

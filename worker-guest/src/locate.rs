@@ -15,11 +15,7 @@ use std::path::{Path, PathBuf};
 /// The TFTP port a bbot guest assumes when nothing says otherwise.
 pub const DEFAULT_PORT: u16 = 69;
 
-/// The kernel command line parameter naming the server.
-pub const CMDLINE_PARAM: &str = "bbot.tftp=";
-
-/// The fw_cfg file QEMU exposes for `-fw_cfg name=opt/bbot/tftp,...`.
-pub const FW_CFG_PATH: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/bbot/tftp/raw";
+use manifests::guest;
 
 /// Why the server could not be found.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +50,8 @@ pub enum LocateError {
     },
     /// No source names a server.
     #[error(
-        "no TFTP server: no {fw_cfg}, no {CMDLINE_PARAM} in {cmdline}, no default route in {route}"
+        "no TFTP server: no {fw_cfg}, no {param}= in {cmdline}, no default route in {route}",
+        param = manifests::guest::CMDLINE_TFTP
     )]
     NotFound {
         /// fw_cfg path looked at.
@@ -93,7 +90,7 @@ pub struct Sources {
 impl Default for Sources {
     fn default() -> Self {
         Sources {
-            fw_cfg: PathBuf::from(FW_CFG_PATH),
+            fw_cfg: PathBuf::from(guest::fw_cfg_sysfs_path(guest::FW_CFG_TFTP)),
             cmdline: PathBuf::from("/proc/cmdline"),
             route: PathBuf::from("/proc/net/route"),
         }
@@ -190,10 +187,10 @@ pub fn locate(sources: &Sources) -> Result<(SocketAddr, Source), LocateError> {
     if let Some(text) = read_optional(&sources.cmdline)? {
         if let Some(value) = text
             .split_whitespace()
-            .filter_map(|w| w.strip_prefix(CMDLINE_PARAM))
+            .filter_map(|w| w.strip_prefix(guest::CMDLINE_TFTP)?.strip_prefix('='))
             .next_back()
         {
-            let origin = format!("{} ({CMDLINE_PARAM})", sources.cmdline.display());
+            let origin = format!("{} ({}=)", sources.cmdline.display(), guest::CMDLINE_TFTP);
             return Ok((parse_address(value, &origin)?, Source::KernelCmdline));
         }
     }

@@ -11,15 +11,7 @@ use manifests::{
 use crate::engine::BuildOutcome;
 use crate::RETURN_CODE_NO_TOOLCHAIN;
 
-/// Largest result manifest the guest uploads: 64 KiB under the agent's
-/// 15 MiB upload cap (the controller's result size limit), so a chatty
-/// build loses the middle of its largest logs rather than its whole
-/// result.
-pub const MAX_RESULT_BYTES: usize = 15 * 1024 * 1024 - 64 * 1024;
-
-/// Name of the operation that reports a failure of the guest itself
-/// (bad task, clone failure, engine error) rather than of a build.
-pub const WORKER_OPERATION: &str = "worker";
+pub use manifests::guest::{MAX_RESULT_BYTES, WORKER_OPERATION};
 
 /// stderr lines buildman does not count as diagnostics of the build
 /// (`FilterErrors` in buildman's builder.py).

@@ -27,7 +27,7 @@ use crate::tftp_client::{TftpClient, TftpError};
 use crate::toolchain::Toolchains;
 
 /// The file the task is fetched as and the result uploaded as.
-pub const MANIFEST: &str = "manifest";
+pub use manifests::guest::MANIFEST_FILE as MANIFEST;
 
 /// How the guest builds.
 #[derive(Debug, Clone)]
