@@ -68,6 +68,38 @@ fn absolute_path(s: &str) -> Result<PathBuf, String> {
     std::path::absolute(s).map_err(|e| format!("cannot make '{s}' absolute: {e}"))
 }
 
+/// Longest duration option, in seconds (ten years): far beyond any real
+/// timeout, and far from overflowing when added to a clock reading.
+pub const MAX_SECONDS: u64 = 10 * 365 * 24 * 3600;
+
+/// A `--toolchain-name`: it becomes part of directory names (the TFTP
+/// tree, the state directory), machine names and snapshot names, so it is
+/// a plain name: 1..=64 of `A-Z a-z 0-9 . _ + -`, not starting with `.`
+/// or `-` (so never `.` or `..`, never an option).
+fn toolchain_name(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 64 {
+        return Err("must be 1 to 64 characters".into());
+    }
+    if s.starts_with(['.', '-']) {
+        return Err("must not start with '.' or '-'".into());
+    }
+    match s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-')))
+    {
+        Some(c) => Err(format!(
+            "'{}' is not allowed (only letters, digits, '.', '_', '+' and '-')",
+            c.escape_debug()
+        )),
+        None => Ok(s.to_string()),
+    }
+}
+
+/// A duration option in seconds, `min..=MAX_SECONDS`.
+fn seconds(min: u64) -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(min..=MAX_SECONDS)
+}
+
 /// Orders controllers the way they are polled: higher priority first, and
 /// command-line order within a priority (deterministic, unlike bbot's shuffle).
 pub fn polling_order(urls: &[ControllerUrl]) -> Vec<ControllerUrl> {
@@ -95,10 +127,11 @@ pub struct Cli {
     #[arg(long, value_name = "DIR", value_parser = absolute_path)]
     pub state: Option<PathBuf>,
     /// Toolchain name: bootstrapped machines are `<name>-<toolchain-name>`.
-    #[arg(long, value_name = "STR", default_value = "default")]
+    #[arg(long, value_name = "STR", default_value = "default", value_parser = toolchain_name)]
     pub toolchain_name: String,
     /// Toolchain instance number on this host (1..99).
-    #[arg(long, value_name = "NUM", default_value_t = 1)]
+    #[arg(long, value_name = "NUM", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=99))]
     pub toolchain_num: u16,
     /// Toolchain id; when given, a change re-bootstraps every machine.
     #[arg(long, value_name = "STR")]
@@ -106,11 +139,13 @@ pub struct Cli {
     /// Toolchain version reported to controllers (default: the agent's version).
     #[arg(long, value_name = "STR")]
     pub toolchain_ver: Option<String>,
-    /// Number of CPUs given to each VM.
-    #[arg(long, value_name = "NUM", default_value_t = 1)]
+    /// Number of CPUs given to each VM (1..1024).
+    #[arg(long, value_name = "NUM", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub cpu: u16,
-    /// RAM given to each VM, in KiB.
-    #[arg(long, value_name = "NUM", default_value_t = 1024 * 1024)]
+    /// RAM given to each VM, in KiB (64 MiB .. 1 TiB).
+    #[arg(long, value_name = "NUM", default_value_t = 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(64 * 1024..=1024 * 1024 * 1024))]
     pub ram: u64,
     /// Attach each VM through a tap device of its own to this host bridge
     /// (which needs DHCP for the guests and an IPv4 address, where the
@@ -126,34 +161,36 @@ pub struct Cli {
     #[arg(long, value_name = "kvm|tcg", default_value = "kvm")]
     pub accel: crate::vm::Accel,
     /// Seconds a bootstrapping guest has to make its first TFTP request.
-    #[arg(long, value_name = "SEC", default_value_t = 300)]
+    #[arg(long, value_name = "SEC", default_value_t = 300, value_parser = seconds(1))]
     pub bootstrap_startup: u64,
     /// Seconds a building guest has to make its first TFTP request.
-    #[arg(long, value_name = "SEC", default_value_t = 60)]
+    #[arg(long, value_name = "SEC", default_value_t = 60, value_parser = seconds(1))]
     pub build_startup: u64,
     /// Seconds a guest has to power off after uploading its bootstrap manifest.
-    #[arg(long, value_name = "SEC", default_value_t = 120)]
+    #[arg(long, value_name = "SEC", default_value_t = 120, value_parser = seconds(1))]
     pub bootstrap_shutdown: u64,
     /// Seconds a guest that missed a deadline stays suspended for
     /// investigation before it is forced down and its snapshot deleted.
-    #[arg(long, value_name = "SEC", default_value_t = 600)]
+    #[arg(long, value_name = "SEC", default_value_t = 600, value_parser = seconds(0))]
     pub suspend_time: u64,
     /// Bootstrap timeout in seconds.
-    #[arg(long, value_name = "SEC", default_value_t = 3600)]
+    #[arg(long, value_name = "SEC", default_value_t = 3600, value_parser = seconds(1))]
     pub bootstrap_timeout: u64,
     /// Build timeout in seconds (keep well below the controller's 3 hours).
-    #[arg(long, value_name = "SEC", default_value_t = 5400)]
+    #[arg(long, value_name = "SEC", default_value_t = 5400, value_parser = seconds(1))]
     pub build_timeout: u64,
     /// Controller request timeout in seconds (a whole exchange).
-    #[arg(long, value_name = "SEC", default_value_t = 300)]
+    #[arg(long, value_name = "SEC", default_value_t = 300, value_parser = seconds(1))]
     pub request_timeout: u64,
     /// Seconds to establish a connection to a controller, so that an
     /// unreachable one costs this, not the request timeout.
-    #[arg(long, value_name = "SEC", default_value_t = 10)]
+    #[arg(long, value_name = "SEC", default_value_t = 10, value_parser = seconds(1))]
     pub connect_timeout: u64,
     /// Times a controller request is retried after a transient failure
-    /// (no connection, timeout, 408, 429, 5xx), pausing 1, 2, 4 ... s.
-    #[arg(long, value_name = "NUM", default_value_t = 4)]
+    /// (no connection, timeout, 408, 429, 5xx), pausing 1, 2, 4 ... s
+    /// (0..20).
+    #[arg(long, value_name = "NUM", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(0..=20))]
     pub request_retries: u32,
     /// PEM RSA private key that authenticates this agent to controllers
     /// (bbot's `--auth-key`: its fingerprint in task requests, challenges
@@ -164,7 +201,8 @@ pub struct Cli {
     #[arg(long, value_name = "FP")]
     pub trust: Vec<String>,
     /// Verbosity level 0 (errors and warnings) .. 6.
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(0..=6))]
     pub verbose: u8,
     /// Run as a systemd daemon: journald priority prefixes on log lines.
     #[arg(long)]
@@ -201,14 +239,14 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub fake_request: Option<PathBuf>,
     /// How long a fake build takes, in seconds (testing aid).
-    #[arg(long, value_name = "SEC", default_value_t = 0, hide = true)]
+    #[arg(long, value_name = "SEC", default_value_t = 0, hide = true, value_parser = seconds(0))]
     pub fake_build_duration: u64,
     /// Seconds without progress after which the systemd watchdog is left to
     /// fire (default: the request timeout plus a minute; testing aid).
-    #[arg(long, value_name = "SEC", hide = true)]
+    #[arg(long, value_name = "SEC", hide = true, value_parser = seconds(1))]
     pub watchdog_stall: Option<u64>,
     /// Seconds to sleep when no controller has a task.
-    #[arg(long, value_name = "SEC", default_value_t = 60, hide = true)]
+    #[arg(long, value_name = "SEC", default_value_t = 60, hide = true, value_parser = seconds(0))]
     pub idle_sleep: u64,
     /// Controller URLs, optionally prefixed with `[F]DCBA=` priority.
     #[arg(value_name = "URL")]
@@ -283,5 +321,68 @@ mod tests {
         assert!(Cli::try_parse_from(["bbot-agent", "--state", ""]).is_err());
         assert_eq!(cli.connect_timeout, 10);
         assert_eq!(cli.request_retries, 4);
+    }
+
+    fn refused(args: &[&str]) -> String {
+        let mut v = vec!["bbot-agent"];
+        v.extend_from_slice(args);
+        match Cli::try_parse_from(v) {
+            Ok(_) => panic!("{args:?} was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn toolchain_name_is_a_plain_name() {
+        for bad in [
+            "",
+            "..",
+            ".",
+            "a/b",
+            "../x",
+            "-x",
+            "a b",
+            "a\nb",
+            "x\u{feff}",
+            &"n".repeat(65),
+        ] {
+            let e = refused(&[&format!("--toolchain-name={bad}")]);
+            assert!(e.contains("--toolchain-name"), "{bad:?}: {e}");
+        }
+        for good in ["default", "gcc-12.2", "u_boot+arm", &"n".repeat(64)] {
+            let cli = Cli::try_parse_from(["bbot-agent", "--toolchain-name", good]);
+            assert_eq!(cli.map(|c| c.toolchain_name).ok().as_deref(), Some(good));
+        }
+    }
+
+    #[test]
+    fn numbers_and_durations_have_ranges() {
+        for args in [
+            &["--toolchain-num", "0"][..],
+            &["--toolchain-num", "100"],
+            &["--cpu", "0"],
+            &["--ram", "1"],
+            &["--verbose", "7"],
+            &["--request-retries", "21"],
+            &["--build-timeout", "0"],
+            &["--build-timeout", "18446744073709551615"],
+            &["--request-timeout", "315360001"],
+            &["--connect-timeout", "0"],
+            &["--watchdog-stall", "99999999999"],
+        ] {
+            let e = refused(args);
+            assert!(e.contains(args[0]), "{args:?}: {e}");
+        }
+        let cli = Cli::try_parse_from([
+            "bbot-agent",
+            "--build-timeout",
+            "315360000",
+            "--suspend-time",
+            "0",
+            "--toolchain-num",
+            "99",
+        ])
+        .expect("limits themselves are accepted");
+        assert_eq!(cli.build_timeout, MAX_SECONDS);
     }
 }
