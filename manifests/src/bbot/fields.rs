@@ -34,6 +34,11 @@ impl<'a> Fields<'a> {
     }
 
     /// The single pair named `name`, if any; a second one is an error.
+    ///
+    /// Scans every pair: callers look up a fixed handful of field names
+    /// per manifest, never one per pair, so reading a manifest stays
+    /// linear in its size (a guest's result may hold a million pairs).
+    /// Per-pair matching goes through [`Fields::take_where`] and a map.
     pub(crate) fn optional(&mut self, name: &str) -> Result<Option<&'a NameValue>, Error> {
         let mut found: Option<&'a NameValue> = None;
         for (i, nv) in self.manifest.values.iter().enumerate() {
@@ -151,7 +156,9 @@ impl<'a> Fields<'a> {
         self.take_where(|n| n == name)
     }
 
-    /// Every not yet consumed pair whose name satisfies `pred`, in order.
+    /// Every not yet consumed pair whose name satisfies `pred`, in order:
+    /// one pass, for fields recognised by their name's shape
+    /// (`<op>-status`, `<package>-version`, `auxiliary-machine-<env>`).
     pub(crate) fn take_where(&mut self, pred: impl Fn(&str) -> bool) -> Vec<&'a NameValue> {
         let mut out = Vec::new();
         for (i, nv) in self.manifest.values.iter().enumerate() {

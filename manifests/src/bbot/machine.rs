@@ -6,6 +6,7 @@ use super::{expect_count, Document, SingleManifest};
 use crate::error::Error;
 use crate::text::Manifest;
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 
@@ -304,6 +305,9 @@ pub struct BootstrapManifest {
 /// The bootstrap field that names the guest worker's version.
 pub const WORKER_GUEST_PACKAGE: &str = "worker-guest";
 
+/// What a bootstrap field's name ends with: `<package>-version`.
+const VERSION_SUFFIX: &str = "-version";
+
 impl BootstrapManifest {
     /// The version recorded for `package`, if any.
     pub fn version_of(&self, package: &str) -> Option<&str> {
@@ -329,16 +333,18 @@ impl SingleManifest for BootstrapManifest {
 
     fn from_manifest(manifest: &Manifest) -> Result<Self, Error> {
         let mut f = Fields::new(manifest, <Self as SingleManifest>::KIND);
-        let mut versions = Vec::new();
-        for nv in f.take_where(|n| n.len() > "-version".len() && n.ends_with("-version")) {
+        let pairs = f.take_where(|n| n.len() > VERSION_SUFFIX.len() && n.ends_with(VERSION_SUFFIX));
+        let mut versions = Vec::with_capacity(pairs.len());
+        // The guest writes this manifest: duplicates are found through a
+        // set, so that a manifest of many `-version` pairs costs linear
+        // time, not a scan of the earlier ones per pair.
+        let mut seen: HashSet<&str> = HashSet::with_capacity(pairs.len());
+        for nv in pairs {
             if nv.value.is_empty() {
                 return Err(f.error_at(nv, format!("empty value for field '{}'", nv.name)));
             }
-            let package = &nv.name[..nv.name.len() - "-version".len()];
-            if versions
-                .iter()
-                .any(|(p, _): &(String, String)| p == package)
-            {
+            let package = nv.name.strip_suffix(VERSION_SUFFIX).unwrap_or_default();
+            if !seen.insert(package) {
                 return Err(f.error_at(
                     nv,
                     format!("duplicate field '{}' in bootstrap manifest", nv.name),
@@ -346,7 +352,7 @@ impl SingleManifest for BootstrapManifest {
             }
             versions.push((package.to_string(), nv.value.clone()));
         }
-        if !versions.iter().any(|(p, _)| p == WORKER_GUEST_PACKAGE) {
+        if !seen.contains(WORKER_GUEST_PACKAGE) {
             return Err(f.error_here(format!(
                 "missing required field '{WORKER_GUEST_PACKAGE}-version' in bootstrap manifest"
             )));
@@ -360,7 +366,7 @@ impl SingleManifest for BootstrapManifest {
     fn to_manifest(&self) -> Manifest {
         let mut m = Manifest::new("");
         for (package, version) in &self.versions {
-            m.push(format!("{package}-version"), version);
+            m.push(format!("{package}{VERSION_SUFFIX}"), version);
         }
         push_unknown(&mut m, &self.extra);
         m
@@ -424,5 +430,28 @@ mod tests {
     fn locally_administered_sets_local_and_clears_multicast() {
         let mac = MacAddress::locally_administered([0xff; 6]);
         assert_eq!(mac.0[0] & 0x03, 0x02);
+    }
+
+    #[test]
+    fn bootstrap_duplicates_are_errors_and_versions_keep_their_order() {
+        let read = |text: &str| {
+            let m = crate::text::parse_manifest(text.as_bytes(), "b").unwrap();
+            BootstrapManifest::from_manifest(&m)
+        };
+        let b = read(": 1\nu-boot-version: 2\nworker-guest-version: 1\nx: y\n").unwrap();
+        assert_eq!(
+            b.versions,
+            [
+                ("u-boot".into(), "2".into()),
+                ("worker-guest".into(), "1".into())
+            ]
+        );
+        assert_eq!(b.extra, [("x".into(), "y".into())]);
+        let e = read(": 1\nworker-guest-version: 1\na-version: 1\na-version: 2\n").unwrap_err();
+        assert_eq!((e.position().line, e.position().column), (4, 12));
+        assert_eq!(
+            e.message(),
+            "duplicate field 'a-version' in bootstrap manifest"
+        );
     }
 }

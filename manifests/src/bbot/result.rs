@@ -6,6 +6,7 @@ use crate::error::Error;
 use crate::status::ResultStatus;
 use crate::text::{Manifest, NameValue};
 use serde::{Deserialize, Serialize};
+use std::collections::hash_map::{Entry, HashMap};
 
 const STATUS_SUFFIX: &str = "-status";
 const LOG_SUFFIX: &str = "-log";
@@ -70,7 +71,8 @@ impl ResultManifest {
             .fold(ResultStatus::Skip, |acc, op| acc.merge(op.status))
     }
 
-    /// The operation named `name`.
+    /// The operation named `name`. A linear scan: for a caller's handful of
+    /// lookups; code that looks up every operation should build its own map.
     pub fn operation(&self, name: &str) -> Option<&OperationResult> {
         self.operations.iter().find(|op| op.name == name)
     }
@@ -90,24 +92,33 @@ impl SingleManifest for ResultManifest {
         let status = f.required_parsed("status")?;
         let worker_checksum = f.optional_string("worker-checksum")?;
         let dependency_checksum = f.optional_string("dependency-checksum")?;
-        let mut operations: Vec<OperationResult> = Vec::new();
-        for nv in f.take_where(|n| n.len() > STATUS_SUFFIX.len() && n.ends_with(STATUS_SUFFIX)) {
+        // The result comes from an untrusted guest and is read on the
+        // agent's only control thread: every pair must cost O(1), so
+        // operations are found by name through a map, not by a scan (15 MiB
+        // of tiny operations took minutes that way). `HashMap`'s default
+        // hasher is randomly keyed, so the guest cannot pick colliding names.
+        let statuses =
+            f.take_where(|n| n.len() > STATUS_SUFFIX.len() && n.ends_with(STATUS_SUFFIX));
+        let mut operations: Vec<OperationResult> = Vec::with_capacity(statuses.len());
+        let mut index: HashMap<&str, usize> = HashMap::with_capacity(statuses.len());
+        for nv in statuses {
             let op = operation_of(nv, STATUS_SUFFIX).unwrap_or_default();
-            if operations.iter().any(|o| o.name == op) {
+            let Entry::Vacant(slot) = index.entry(op) else {
                 return Err(f.error_at(
                     nv,
                     format!("duplicate field '{}' in result manifest", nv.name),
                 ));
-            }
+            };
             operations.push(OperationResult {
                 name: op.to_string(),
                 status: f.parse_value(nv)?,
                 log: None,
             });
+            slot.insert(operations.len() - 1);
         }
         for nv in f.take_where(|n| n.len() > LOG_SUFFIX.len() && n.ends_with(LOG_SUFFIX)) {
             let op = operation_of(nv, LOG_SUFFIX).unwrap_or_default();
-            let Some(entry) = operations.iter_mut().find(|o| o.name == op) else {
+            let Some(entry) = index.get(op).and_then(|&i| operations.get_mut(i)) else {
                 return Err(f.error_at(
                     nv,
                     format!("'{}' has no matching '{op}{STATUS_SUFFIX}' field", nv.name),
@@ -197,5 +208,71 @@ impl Document for ResultRequestManifest {
         m.push_opt("agent-checksum", self.agent_checksum.as_deref());
         push_unknown(&mut m, &self.extra);
         vec![m, self.result.to_manifest()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::text::parse_manifest;
+
+    fn error(text: &str) -> (u64, u64, String) {
+        let m = parse_manifest(text.as_bytes(), "r").unwrap();
+        let e = ResultManifest::from_manifest(&m).unwrap_err();
+        (
+            e.position().line,
+            e.position().column,
+            e.message().to_string(),
+        )
+    }
+
+    const HEAD: &str = ": 1\nname: p\nversion: 1\nstatus: error\n";
+
+    #[test]
+    fn duplicates_and_stray_logs_are_named_where_they_are() {
+        assert_eq!(
+            error(&format!(
+                "{HEAD}a@0-status: skip\nb@0-status: skip\na@0-status: error\n"
+            )),
+            (
+                7,
+                13,
+                "duplicate field 'a@0-status' in result manifest".into()
+            )
+        );
+        assert_eq!(
+            error(&format!("{HEAD}a@0-status: skip\na@0-log: x\nb@1-log: y\n")),
+            (7, 10, "'b@1-log' has no matching 'b@1-status' field".into())
+        );
+        // A log before its status is fine; a second log is not.
+        assert_eq!(
+            error(&format!("{HEAD}a@0-log: x\na@0-status: skip\na@0-log: y\n")),
+            (7, 10, "duplicate field 'a@0-log' in result manifest".into())
+        );
+        // Statuses are checked before logs, whatever the order.
+        assert_eq!(
+            error(&format!("{HEAD}z-log: x\na-status: ok\n")),
+            (6, 11, "invalid 'a-status' value: invalid status 'ok' (expected one of skip, success, warning, error, abort, abnormal, interrupt)".into())
+        );
+    }
+
+    #[test]
+    fn operations_keep_their_order_and_logs() {
+        let text =
+            format!("{HEAD}b@1-status: error\na@0-status: success\na@0-log: fine\nb@1-log: bad\n");
+        let r =
+            ResultManifest::from_manifest(&parse_manifest(text.as_bytes(), "r").unwrap()).unwrap();
+        let ops: Vec<_> = r
+            .operations
+            .iter()
+            .map(|o| (o.name.as_str(), o.status, o.log.as_deref()))
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                ("b@1", ResultStatus::Error, Some("bad")),
+                ("a@0", ResultStatus::Success, Some("fine")),
+            ]
+        );
     }
 }

@@ -190,7 +190,11 @@ impl SingleManifest for TaskManifest {
                 || n.strip_prefix(AUXILIARY_MACHINE)
                     .is_some_and(|s| s.starts_with('-') && s.len() > 1)
         }) {
-            let env = nv.name[AUXILIARY_MACHINE.len()..].trim_start_matches('-');
+            let env = nv
+                .name
+                .strip_prefix(AUXILIARY_MACHINE)
+                .unwrap_or_default()
+                .trim_start_matches('-');
             if nv.value.is_empty() {
                 return Err(f.error_at(nv, format!("empty value for field '{}'", nv.name)));
             }

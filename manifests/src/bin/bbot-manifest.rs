@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use manifests::detect::Kind;
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Check bbot manifest files and print them in canonical form.
@@ -32,23 +32,34 @@ fn parse_kind(s: &str) -> Result<Kind, String> {
     s.parse()
 }
 
+/// What an input is called in messages: its path, or `<stdin>` for `-`.
+fn input_name(path: &Path) -> String {
+    if path.as_os_str() == "-" {
+        "<stdin>".to_string()
+    } else {
+        path.display().to_string()
+    }
+}
+
 fn read_input(path: &PathBuf) -> Result<(Vec<u8>, String)> {
     if path.as_os_str() == "-" {
         let mut buf = Vec::new();
         std::io::stdin()
             .read_to_end(&mut buf)
             .context("cannot read standard input")?;
-        return Ok((buf, "<stdin>".to_string()));
+        return Ok((buf, input_name(path)));
     }
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok((bytes, path.display().to_string()))
+    Ok((bytes, input_name(path)))
 }
 
-fn check(cli: &Cli, path: &PathBuf) -> Result<()> {
+/// Checks one file and returns what to print for it (nothing when quiet).
+/// Printing is left to the caller, so that a failing standard output is
+/// reported as such and not mistaken for a problem with the file.
+fn check(cli: &Cli, path: &PathBuf) -> Result<String> {
     let (bytes, source) = read_input(path)?;
     let stream = manifests::parse_stream(&bytes, &source)?;
     let kind = cli.kind.unwrap_or_else(|| Kind::detect(&stream));
-    let text = kind.normalize(&stream, &source)?;
     if cli.summary {
         use manifests::Document;
         let result = match kind {
@@ -56,30 +67,66 @@ fn check(cli: &Cli, path: &PathBuf) -> Result<()> {
             Kind::ResultRequest => {
                 manifests::ResultRequestManifest::from_stream(&stream, &source)?.result
             }
-            other => anyhow::bail!("{source}: --summary needs a result, this is a {other}"),
+            other => {
+                // An invalid file is reported as such before the kind is.
+                other.normalize(&stream, &source)?;
+                anyhow::bail!("{source}: --summary needs a result, this is a {other}")
+            }
         };
-        print!("{}", manifests::summary::board_summary(&result));
-        return Ok(());
+        return Ok(manifests::summary::board_summary(&result));
     }
+    let text = kind.normalize(&stream, &source)?;
     if cli.quiet {
-        eprintln!("{source}: ok ({kind})");
-    } else {
-        let mut out = std::io::stdout().lock();
-        if cli.files.len() > 1 {
-            writeln!(out, "# {source} ({kind})")?;
-        }
-        out.write_all(text.as_bytes())?;
+        report(&format!("{source}: ok ({kind})"));
+        return Ok(String::new());
     }
-    Ok(())
+    if cli.files.len() > 1 {
+        return Ok(format!("# {source} ({kind})\n{text}"));
+    }
+    Ok(text)
+}
+
+/// Writes one file's output to standard output, flushed, so that a write
+/// error (a full disk, a closed pipe) is seen here and not lost when the
+/// process exits.
+fn write_out(out: &mut impl Write, text: &str) -> std::io::Result<()> {
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
+/// Prints a line on standard error. Unlike `eprintln!` it does not panic
+/// when standard error is unwritable: there is nowhere left to report to,
+/// and the exit status still tells.
+fn report(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut failed = false;
+    let mut stdout = std::io::stdout().lock();
     for path in &cli.files {
-        if let Err(e) = check(&cli, path) {
-            eprintln!("{e:#}");
-            failed = true;
+        match check(&cli, path) {
+            Ok(text) if text.is_empty() => {}
+            Ok(text) => {
+                if let Err(e) = write_out(&mut stdout, &text) {
+                    let what = if cli.summary {
+                        format!("the summary of {}", input_name(path))
+                    } else {
+                        input_name(path)
+                    };
+                    report(&format!(
+                        "bbot-manifest: cannot write {what} to standard output: {e}"
+                    ));
+                    // Standard output is broken: later files would fail
+                    // the same way.
+                    return ExitCode::FAILURE;
+                }
+            }
+            Err(e) => {
+                report(&format!("{e:#}"));
+                failed = true;
+            }
         }
     }
     if failed {
