@@ -139,8 +139,16 @@ fn by_hand(machines: &Path, work: &Path, n: usize) -> Duration {
             guest::cmdline_arg(guest::CMDLINE_MODE, guest::Phase::Task.as_str()),
         ],
         run_dir: work.join(format!("hand-run-{n}")),
+        netns: None,
     };
     std::fs::create_dir_all(&spec.run_dir).expect("run dir");
+    // QEMU connects the console to the agent's socket, as under the agent.
+    let console = bbot_agent::console::ConsoleLog::listen(
+        &spec.run_dir.join(bbot_agent::vm::CONSOLE_SOCKET),
+        &spec.run_dir.join("console.log"),
+        bbot_agent::console::CAP,
+    )
+    .expect("console");
     let st = Command::new(&spec.qemu)
         .args(qemu_args(&spec))
         .current_dir(&snapshot)
@@ -149,6 +157,7 @@ fn by_hand(machines: &Path, work: &Path, n: usize) -> Duration {
         .status()
         .expect("qemu");
     assert!(st.success(), "QEMU failed");
+    console.finish();
     drop(server);
     let st = Command::new("btrfs")
         .args(["-q", "subvolume", "delete"])

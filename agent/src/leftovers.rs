@@ -10,8 +10,9 @@
 //! deletes. Temporary snapshots are `machines::Machines::clean_leftovers`'s.
 //!
 //! Ownership is by name: a run directory is `<machine>-<agent pid>-<n>`
-//! under this instance's `--state`, a tap is `bbot<toolchain-num>t<n>`, the
-//! TFTP directory is `build/<toolchain-name>`; anything of a pid that is
+//! under this instance's `--state`, a tap is `bbot<toolchain-num>t<n>`, a
+//! guest's network namespace `bbot-<toolchain>-<num>-<n>`, the TFTP
+//! directory is `build/<toolchain-name>`; anything of a pid that is
 //! not a live `bbot-agent` is a leftover.
 
 use std::path::{Path, PathBuf};
@@ -30,6 +31,8 @@ pub struct VmLeftovers {
     pub tftp_build_dir: PathBuf,
     /// Tap name prefix (`bbot<toolchain-num>t`) when VMs use `--bridge`.
     pub tap_prefix: Option<String>,
+    /// Network namespace name prefix (`bbot-<toolchain>-<num>-`).
+    pub netns_prefix: String,
 }
 
 /// How long a killed QEMU gets to disappear.
@@ -53,6 +56,7 @@ impl VmLeftovers {
         if let Some(prefix) = &self.tap_prefix {
             n += clean_taps(prefix);
         }
+        n += crate::netns::clean_leftovers(&self.netns_prefix);
         if self.tftp_build_dir.exists() {
             match std::fs::remove_dir_all(&self.tftp_build_dir) {
                 Ok(()) => {
@@ -251,6 +255,7 @@ mod tests {
             log_dir: root.path().join("logs"),
             tftp_build_dir: tftp.clone(),
             tap_prefix: None,
+            netns_prefix: format!("bbot-leftovers-unit-test-{}-", std::process::id()),
         };
         assert_eq!(
             l.clean(),

@@ -15,6 +15,7 @@ use bbot_agent::fake::{FakeMachineFile, FakeRunner};
 use bbot_agent::inflight::InFlight;
 use bbot_agent::logging;
 use bbot_agent::machines::{Machines, MachinesConfig};
+use bbot_agent::mirror::MirrorConfig;
 use bbot_agent::notify::Notifier;
 use bbot_agent::qemu_runner::{QemuConfig, QemuRunner};
 use bbot_agent::runner::{MachineRunner, NoVmRunner, VmConfig};
@@ -101,6 +102,7 @@ fn run(cli: &Cli) -> anyhow::Result<Exit> {
             suspend_time: Duration::from_secs(cli.suspend_time),
             run_root: state.join("run"),
             log_dir: state.join("logs"),
+            mirrors: MirrorConfig::under(&state),
         })
         .context("--accel kvm")?;
         // Before anything else touches VMs: what a dead predecessor's VMs

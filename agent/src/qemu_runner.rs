@@ -18,16 +18,20 @@
 //! Cancellation is polled every 50 ms; the VM is forced down at once.
 
 use std::fs;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use manifests::{BootstrapManifest, Document, MacAddress, MachineManifest, ResultManifest};
 
 use crate::cancel::Cancel;
+use crate::mirror::{self, Mirror, MirrorConfig, MirrorError};
+use crate::netns::{self, GuestNetns};
 use crate::runner::{BootstrapJob, MachineRunner, RunnerError, TaskJob, VmConfig};
-use crate::tftp::{shown_name, Phase, SessionRules, TftpEvent, TftpLayout, TftpServer};
+use crate::source_server::SourceServer;
+use crate::tftp::{shown_name, EnterFn, Phase, SessionRules, TftpEvent, TftpLayout, TftpServer};
 use crate::vm::{Accel, Network, Vm, VmSpec, VmState};
 use manifests::guest;
 
@@ -64,6 +68,8 @@ pub struct QemuConfig {
     pub run_root: PathBuf,
     /// Where console logs are kept after the VM is gone.
     pub log_dir: PathBuf,
+    /// The host's mirrors of task repositories, served to the guests.
+    pub mirrors: MirrorConfig,
 }
 
 /// Boots real guests with QEMU.
@@ -106,6 +112,10 @@ impl QemuRunner {
                 .bridge
                 .as_ref()
                 .map(|_| tap_prefix(self.cfg.vm.toolchain_num)),
+            netns_prefix: netns::name_prefix(
+                &self.cfg.vm.toolchain_name,
+                self.cfg.vm.toolchain_num,
+            ),
         }
     }
 
@@ -144,29 +154,104 @@ impl QemuRunner {
         mac: MacAddress,
         startup: Duration,
         work: Duration,
+        source: Option<&Mirror>,
         cancel: &Cancel,
         after: impl FnOnce(&mut Vm, Vec<u8>) -> Result<T, RunnerError>,
     ) -> Result<T, RunnerError> {
         let layout = self.layout();
         let (bind, advertised) = self.tftp_addresses()?;
-        let server = TftpServer::start(
-            bind,
-            &layout.get_dir(phase),
-            &layout.put_dir(phase),
-            SessionRules::for_phase(phase),
-        )
-        .map_err(|e| RunnerError::Failed(e.to_string()))?;
-        let tftp = SocketAddr::new(advertised, server.local_addr().port()).to_string();
         let mode = phase.as_str();
-        let options = machine
-            .option_args()
-            .map_err(|e| RunnerError::Failed(e.message().to_string()))?;
-        let ram_kib = guest_ram_kib(self.cfg.vm.ram_kib, machine)?;
         let id = SESSION.fetch_add(1, Ordering::Relaxed);
         let name = format!(
             "{}-{}-{}",
             machine.header.name, self.cfg.vm.toolchain_name, self.cfg.vm.toolchain_num
         );
+        let run_dir = self
+            .cfg
+            .run_root
+            .join(format!("{name}-{}-{id}", std::process::id()));
+        // With user networking the guest gets a network namespace of its
+        // own, and its servers listen there (see `netns`); on a bridge
+        // they listen on the bridge's address.
+        let netns = match &self.cfg.vm.bridge {
+            Some(_) => None,
+            None => {
+                let ns_name = format!(
+                    "{}{id}",
+                    netns::name_prefix(&self.cfg.vm.toolchain_name, self.cfg.vm.toolchain_num)
+                );
+                let ns =
+                    GuestNetns::create(&ns_name).map_err(|e| RunnerError::Failed(e.to_string()))?;
+                Some(Arc::new(ns))
+            }
+        };
+        let in_guest_net = |what: &str, f: &(dyn Fn() -> std::io::Result<TcpListener> + Sync)| {
+            match &netns {
+                Some(ns) => ns.within(f).map_err(|e| e.to_string()),
+                None => f().map_err(|e| e.to_string()),
+            }
+            .map_err(|e| RunnerError::Failed(format!("cannot open the guest's {what}: {e}")))
+        };
+        let enter: Option<EnterFn> = netns.as_ref().map(|ns| {
+            let ns = Arc::clone(ns);
+            Box::new(move || ns.enter_current_thread()) as EnterFn
+        });
+        let server = TftpServer::start_in(
+            bind,
+            &layout.get_dir(phase),
+            &layout.put_dir(phase),
+            SessionRules::for_phase(phase),
+            enter,
+        )
+        .map_err(|e| RunnerError::Failed(e.to_string()))?;
+        let tftp = SocketAddr::new(advertised, server.local_addr().port()).to_string();
+        // The task's source, for this guest only (the TFTP session's peer).
+        let source_server = match source {
+            None => None,
+            Some(mirror) => {
+                let listener = in_guest_net("source server", &|| {
+                    TcpListener::bind(SocketAddr::new(bind, 0))
+                })?;
+                let started = SourceServer::start(
+                    listener,
+                    &mirror.path,
+                    &run_dir.join("source"),
+                    server.peer(),
+                );
+                match started {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        let _ = fs::remove_dir_all(&run_dir);
+                        return Err(RunnerError::Failed(format!(
+                            "cannot serve the task's source to the guest: {e}"
+                        )));
+                    }
+                }
+            }
+        };
+        let source_url = source_server.as_ref().map(|s| {
+            format!(
+                "git://{}/{}",
+                SocketAddr::new(advertised, s.local_addr().port()),
+                guest::SOURCE_REPOSITORY
+            )
+        });
+        let options = machine
+            .option_args()
+            .map_err(|e| RunnerError::Failed(e.message().to_string()))?;
+        let ram_kib = guest_ram_kib(self.cfg.vm.ram_kib, machine)?;
+        let mut fw_cfg = vec![
+            (guest::FW_CFG_TFTP.to_string(), tftp.clone()),
+            (guest::FW_CFG_MODE.to_string(), mode.to_string()),
+        ];
+        let mut kernel_args = vec![
+            guest::cmdline_arg(guest::CMDLINE_TFTP, &tftp),
+            guest::cmdline_arg(guest::CMDLINE_MODE, mode),
+        ];
+        if let Some(url) = &source_url {
+            fw_cfg.push((guest::FW_CFG_SOURCE.to_string(), url.clone()));
+            kernel_args.push(guest::cmdline_arg(guest::CMDLINE_SOURCE, url));
+        }
         let spec = VmSpec {
             name: name.clone(),
             qemu: self.cfg.qemu.clone(),
@@ -184,23 +269,21 @@ impl QemuRunner {
                     tap: format!("{}{id}", tap_prefix(self.cfg.vm.toolchain_num)),
                 },
             },
-            fw_cfg: vec![
-                (guest::FW_CFG_TFTP.into(), tftp.clone()),
-                (guest::FW_CFG_MODE.into(), mode.into()),
-            ],
-            kernel_args: vec![
-                guest::cmdline_arg(guest::CMDLINE_TFTP, &tftp),
-                guest::cmdline_arg(guest::CMDLINE_MODE, mode),
-            ],
-            run_dir: self
-                .cfg
-                .run_root
-                .join(format!("{name}-{}-{id}", std::process::id())),
+            fw_cfg,
+            kernel_args,
+            run_dir: run_dir.clone(),
+            netns: netns.clone(),
         };
         let outcome = match Vm::start(&spec) {
             Err(e) => Err(RunnerError::Failed(e.to_string())),
             Ok(mut vm) => {
-                tracing::info!("{mode} of {name}: guest started, TFTP at {tftp}");
+                let source = source_url
+                    .as_ref()
+                    .map_or(String::new(), |u| format!(", source at {u}"));
+                let ns = netns.as_ref().map_or(String::new(), |n| {
+                    format!(", network namespace {}", n.name())
+                });
+                tracing::info!("{mode} of {name}: guest started, TFTP at {tftp}{source}{ns}");
                 let r = self
                     .wait_upload(&mut vm, &server, phase, startup, work, cancel)
                     .and_then(|path| {
@@ -212,21 +295,34 @@ impl QemuRunner {
                 r
             }
         };
+        drop(source_server);
         drop(server);
-        self.finish_run_dir(&spec.run_dir, &name, mode);
+        // QEMU is gone: nothing uses the namespace any more.
+        drop(spec);
+        drop(netns);
+        self.finish_run_dir(&run_dir, &name, mode);
         outcome
     }
 
-    /// Keeps the console log and removes the run directory (QMP socket).
+    /// Keeps the console log (one file per session, named after its run
+    /// directory; the oldest beyond `console::KEPT_LOGS` are deleted) and
+    /// removes the run directory (QMP socket).
     fn finish_run_dir(&self, run_dir: &Path, name: &str, mode: &str) {
         let console = run_dir.join("console.log");
         if console.exists() {
             let _ = fs::create_dir_all(&self.cfg.log_dir);
-            let kept = self.cfg.log_dir.join(format!("{name}-{mode}.console.log"));
+            let session = run_dir
+                .file_name()
+                .map_or_else(|| name.to_string(), |n| n.to_string_lossy().into_owned());
+            let kept = self
+                .cfg
+                .log_dir
+                .join(format!("{session}-{mode}.console.log"));
             match fs::rename(&console, &kept).or_else(|_| fs::copy(&console, &kept).map(drop)) {
                 Ok(()) => tracing::info!("console log of {name} kept in {}", kept.display()),
                 Err(e) => tracing::warn!("cannot keep console log {}: {e}", console.display()),
             }
+            crate::console::rotate(&self.cfg.log_dir, crate::console::KEPT_LOGS);
         }
         if let Err(e) = fs::remove_dir_all(run_dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -372,6 +468,7 @@ impl MachineRunner for QemuRunner {
             job.mac,
             self.cfg.bootstrap_startup,
             job.timeout,
+            None,
             cancel,
             |vm, bytes| {
                 // A bootstrapped image must be consistent on disk: the guest
@@ -405,6 +502,13 @@ impl MachineRunner for QemuRunner {
                 "a task with --fake-machine has no machine to boot; add --fake-build".into(),
             ));
         };
+        // The source first: a guest without it could only fail, later.
+        let (url, reference) = job.task.repository();
+        let mirror = mirror::update(&self.cfg.mirrors, url, reference, &job.task.commits, cancel)
+            .map_err(|e| match e {
+            MirrorError::Interrupted => RunnerError::Interrupted,
+            e => RunnerError::Failed(format!("cannot get the task's source: {e}")),
+        })?;
         let layout = self.layout();
         let build_dir = layout.root.join("build").join(&layout.toolchain);
         let get = layout.get_dir(Phase::Task);
@@ -426,6 +530,7 @@ impl MachineRunner for QemuRunner {
             mac,
             self.cfg.build_startup,
             job.timeout,
+            Some(&mirror),
             cancel,
             |vm, bytes| {
                 // The guest powers off after its upload. One that lingers is

@@ -47,10 +47,10 @@ pub struct SessionRules {
     pub put_once: Vec<String>,
     /// Largest single upload.
     pub max_file_bytes: u64,
-    /// Most uploads accepted in the session.
+    /// Most uploads accepted in the session, besides the `put_once` ones.
     pub max_files: u32,
-    /// Most bytes received in the session, all uploads together (broken-off
-    /// ones included).
+    /// Most bytes received in the session, all uploads but the `put_once`
+    /// ones together (broken-off ones included).
     pub max_bytes: u64,
 }
 
@@ -171,12 +171,16 @@ pub enum TftpError {
     Server(String),
 }
 
+/// Run first on the server's thread (to enter a network namespace).
+pub type EnterFn = Box<dyn FnOnce() -> io::Result<()> + Send>;
+
 /// A running server; stopped when dropped.
 pub struct TftpServer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     events: Receiver<TftpEvent>,
+    peer: Arc<Mutex<Option<IpAddr>>>,
 }
 
 impl TftpServer {
@@ -188,6 +192,19 @@ impl TftpServer {
         put_dir: &Path,
         rules: SessionRules,
     ) -> Result<TftpServer, TftpError> {
+        Self::start_in(bind, get_dir, put_dir, rules, None)
+    }
+
+    /// Like [`TftpServer::start`], with the server's thread first running
+    /// `enter` (entering the guest's network namespace): TFTP answers each
+    /// transfer from a new socket, and those must be in the namespace too.
+    pub fn start_in(
+        bind: IpAddr,
+        get_dir: &Path,
+        put_dir: &Path,
+        rules: SessionRules,
+        enter: Option<EnterFn>,
+    ) -> Result<TftpServer, TftpError> {
         let canonical = |p: &Path| {
             fs::canonicalize(p).map_err(|source| TftpError::Directory {
                 path: p.to_path_buf(),
@@ -195,26 +212,34 @@ impl TftpServer {
             })
         };
         let (tx, events) = mpsc::channel();
+        let peer: Arc<Mutex<Option<IpAddr>>> = Arc::default();
         let handler = GuestHandler {
             get_dir: canonical(get_dir)?,
             put_dir: canonical(put_dir)?,
             rules,
-            peer: None,
+            peer: Arc::clone(&peer),
             uploads: 0,
             session: Arc::new(Mutex::new(SessionState::default())),
             events: tx,
         };
-        let socket = UdpSocket::bind(SocketAddr::new(bind, 0))
-            .map_err(|source| TftpError::Bind { addr: bind, source })?;
-        let addr = socket
-            .local_addr()
-            .map_err(|source| TftpError::Bind { addr: bind, source })?;
         let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<SocketAddr, TftpError>>();
         let stop_flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
-            .name(format!("tftp-{}", addr.port()))
+            .name("tftp".into())
             .spawn(move || {
+                let bound = enter
+                    .map_or(Ok(()), |f| f())
+                    .and_then(|()| UdpSocket::bind(SocketAddr::new(bind, 0)))
+                    .and_then(|s| Ok((s.local_addr()?, s)))
+                    .map_err(|source| TftpError::Bind { addr: bind, source });
+                let (addr, socket) = match bound {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
                 futures_lite::future::block_on(async move {
                     let built = async {
                         TftpServerBuilder::with_handler(handler)
@@ -229,11 +254,11 @@ impl TftpServer {
                     .await;
                     let server = match built {
                         Ok(s) => {
-                            let _ = ready_tx.send(Ok(()));
+                            let _ = ready_tx.send(Ok(addr));
                             s
                         }
                         Err(e) => {
-                            let _ = ready_tx.send(Err(e));
+                            let _ = ready_tx.send(Err(TftpError::Server(e)));
                             return;
                         }
                     };
@@ -250,13 +275,14 @@ impl TftpServer {
             })
             .map_err(|e| TftpError::Server(e.to_string()))?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(TftpServer {
+            Ok(Ok(addr)) => Ok(TftpServer {
                 addr,
                 stop,
                 thread: Some(thread),
                 events,
+                peer,
             }),
-            Ok(Err(e)) => Err(TftpError::Server(e)),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(TftpError::Server("server thread exited".into())),
         }
     }
@@ -264,6 +290,13 @@ impl TftpServer {
     /// The address the guest must be told.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The session's guest: the address of its first request, shared with
+    /// the guest's other servers (the source server) so that they serve
+    /// the same peer only.
+    pub fn peer(&self) -> Arc<Mutex<Option<IpAddr>>> {
+        Arc::clone(&self.peer)
     }
 
     /// What the guest did, in order.
@@ -383,8 +416,8 @@ struct GuestHandler {
     get_dir: PathBuf,
     put_dir: PathBuf,
     rules: SessionRules,
-    /// The guest's address, fixed by its first accepted request.
-    peer: Option<IpAddr>,
+    /// The guest's address, fixed by its first request.
+    peer: Arc<Mutex<Option<IpAddr>>>,
     /// Uploads accepted so far.
     uploads: u32,
     session: Arc<Mutex<SessionState>>,
@@ -423,13 +456,13 @@ impl GuestHandler {
         name: &str,
         client: &SocketAddr,
     ) -> Result<(), packet::Error> {
-        match self.peer {
-            None => {
-                self.peer = Some(client.ip());
-                Ok(())
-            }
-            Some(ip) if ip == client.ip() => Ok(()),
-            Some(ip) => Err(self.refuse_as(
+        let pinned = {
+            let mut peer = self.peer.lock().unwrap_or_else(|p| p.into_inner());
+            *peer.get_or_insert(client.ip())
+        };
+        match pinned {
+            ip if ip == client.ip() => Ok(()),
+            ip => Err(self.refuse_as(
                 op,
                 name,
                 Refusal::denied(&format!(
@@ -513,12 +546,15 @@ impl Handler for GuestHandler {
                 format!("{size} bytes exceed the upload limit of {limit} bytes"),
             ));
         }
-        if self.uploads >= self.rules.max_files {
+        let once = plain_name(&name).to_string();
+        let once = self.rules.put_once.contains(&once).then_some(once);
+        // The contract's own files (the result) are bounded by being
+        // accepted once; the session quotas are for everything else, so
+        // that a flood of other uploads cannot crowd out the result.
+        if once.is_none() && self.uploads >= self.rules.max_files {
             let max = self.rules.max_files;
             return Err(self.refuse("PUT", &name, format!("over the session's {max} uploads")));
         }
-        let once = plain_name(&name).to_string();
-        let once = self.rules.put_once.contains(&once).then_some(once);
         if let Some(key) = &once {
             let mut state = session_state(&self.session);
             if state.once_taken.get(key).copied().unwrap_or(false) {
@@ -531,7 +567,9 @@ impl Handler for GuestHandler {
             }
             state.once_taken.insert(key.clone(), true);
         }
-        self.uploads += 1;
+        if once.is_none() {
+            self.uploads += 1;
+        }
         let dir = target.parent().unwrap_or(&self.put_dir);
         let temp = dir.join(format!(
             ".bbot-upload-{}-{}",
@@ -557,7 +595,11 @@ impl Handler for GuestHandler {
             name,
             written: 0,
             limit,
-            session_limit: self.rules.max_bytes,
+            session_limit: if once.is_some() {
+                u64::MAX
+            } else {
+                self.rules.max_bytes
+            },
             session: Arc::clone(&self.session),
             once,
             events: self.events.clone(),

@@ -104,6 +104,9 @@ pub struct VmSpec {
     pub kernel_args: Vec<String>,
     /// Where the QMP socket, the console log and QEMU's own log go.
     pub run_dir: PathBuf,
+    /// The network namespace QEMU runs in (user networking: the guest
+    /// reaches only what the agent serves there), or the agent's own.
+    pub netns: Option<std::sync::Arc<crate::netns::GuestNetns>>,
 }
 
 /// Where a guest is in its life.
@@ -155,6 +158,10 @@ pub enum VmError {
     Network(String),
 }
 
+/// The unix socket in the run directory QEMU connects the guest's serial
+/// console to.
+pub const CONSOLE_SOCKET: &str = "console.sock";
+
 /// How long a QMP exchange may take before the connection is dropped.
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long QEMU gets to create its QMP socket.
@@ -169,6 +176,9 @@ pub struct Vm {
     qmp: QmpClient,
     state: VmState,
     console_log: PathBuf,
+    /// Records the console while QEMU runs; finished when the Vm is dropped
+    /// (after QEMU, whose exit closes the console).
+    console: Option<crate::console::ConsoleLog>,
     qemu_log: PathBuf,
     /// The tap device this VM owns (bridge networking), deleted when QEMU
     /// is gone.
@@ -239,8 +249,11 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
         "-display".into(),
         "none".into(),
         "-no-reboot".into(),
-        "-serial".into(),
-        format!("file:{}", run("console.log")),
+    ]);
+    args.extend(crate::console::qemu_args(
+        &spec.run_dir.join(CONSOLE_SOCKET),
+    ));
+    args.extend([
         "-qmp".into(),
         format!("unix:{},server=on,wait=off", run("qmp.sock")),
     ]);
@@ -298,6 +311,13 @@ impl Vm {
         let qemu_log = spec.run_dir.join("qemu.log");
         let log = File::create(&qemu_log).map_err(io_err(&qemu_log))?;
         let log2 = log.try_clone().map_err(io_err(&qemu_log))?;
+        let console_log = spec.run_dir.join("console.log");
+        let console = crate::console::ConsoleLog::listen(
+            &spec.run_dir.join(CONSOLE_SOCKET),
+            &console_log,
+            crate::console::CAP,
+        )
+        .map_err(io_err(&console_log))?;
         let tap = match &spec.network {
             Network::User => None,
             Network::Bridge { bridge, tap } => {
@@ -315,6 +335,10 @@ impl Vm {
             .stderr(log2)
             .process_group(0);
         die_with_agent(&mut cmd);
+        if let Some(ns) = &spec.netns {
+            ns.enter_on_spawn(&mut cmd)
+                .map_err(|e| VmError::Network(e.to_string()))?;
+        }
         let spawned = cmd.spawn();
         let child = match spawned {
             Ok(c) => c,
@@ -333,7 +357,8 @@ impl Vm {
             child,
             qmp: QmpClient::new(&spec.run_dir.join("qmp.sock"), QMP_TIMEOUT),
             state: VmState::Running,
-            console_log: spec.run_dir.join("console.log"),
+            console_log,
+            console: Some(console),
             qemu_log,
             tap,
         };
@@ -482,6 +507,9 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.force_down();
+        if let Some(c) = self.console.take() {
+            c.finish();
+        }
     }
 }
 /// QEMU must never outlive the agent, however the agent dies (SIGKILL,
@@ -490,7 +518,7 @@ impl Drop for Vm {
 /// the agent's main thread, whose exit is the process's, so the signal
 /// comes exactly when the agent is gone. A parent that died between fork
 /// and prctl is caught by comparing the parent pid afterwards.
-fn die_with_agent(cmd: &mut Command) {
+pub(crate) fn die_with_agent(cmd: &mut Command) {
     if !is_main_thread() {
         // Tests start VMs from their own threads; the Vm's Drop still
         // kills QEMU when the test ends.

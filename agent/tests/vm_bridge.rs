@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::controller::task_response;
+use common::controller::task_response_from;
 use common::vm::{self, MACHINE};
 use manifests::{Document, ResultManifest, ResultStatus};
 
@@ -111,7 +111,13 @@ fn bridged_guest_gets_its_task_over_the_bridge() {
     )
     .expect("behaviour");
     let task = work.path().join("task.manifest");
-    std::fs::write(&task, task_response(MACHINE, "http://unused/", "s1")).expect("task");
+    // The agent runs in the namespace: so does the repository it mirrors.
+    let repo = vm::TinyRepo::serve(work.path(), Some(&ns.name));
+    std::fs::write(
+        &task,
+        task_response_from(MACHINE, "http://unused/", "s1", &repo.url),
+    )
+    .expect("task");
 
     let mut agent = Command::new("ip")
         .args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_bbot-agent")])
@@ -144,7 +150,7 @@ fn bridged_guest_gets_its_task_over_the_bridge() {
         .unwrap_or_else(|e| panic!("{e}\n{log}"));
     assert_eq!(result.status, ResultStatus::Success, "{log}");
     let report = result
-        .operation("bridge@0")
+        .operation("sandbox@0")
         .and_then(|o| o.log.clone())
         .unwrap_or_default();
     // The guest got a DHCP lease on the bridge and found the TFTP server

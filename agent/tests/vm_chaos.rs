@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::agent::AgentProc;
-use common::controller::{task_response, Reply, TestController};
+use common::controller::{task_response_from, Reply, TestController};
 use common::vm::{self, MACHINE};
 use manifests::{Document, ResultRequestManifest, ResultStatus};
 
@@ -104,6 +104,8 @@ fn sigkilled_agents_lose_no_task_and_leak_nothing() {
     let state = work.path().join(format!("state-{TC}"));
     let run = state.join("run");
 
+    let repo = vm::TinyRepo::serve(work.path(), None);
+    let repo_url = repo.url.clone();
     let ledger: Arc<Mutex<Ledger>> = Arc::new(Mutex::new(Ledger {
         open: true,
         ..Ledger::default()
@@ -131,10 +133,11 @@ fn sigkilled_agents_lose_no_task_and_leak_nothing() {
         }
         let session = format!("chaos-{}", l.handed.len() + 1);
         l.handed.push(session.clone());
-        Reply::ok(task_response(
+        Reply::ok(task_response_from(
             MACHINE,
             slot.get().map_or("", String::as_str),
             &session,
+            &repo_url,
         ))
     });
     let _ = result_url.set(ctl.url("/result"));

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::agent::AgentProc;
-use common::controller::{task_response, Reply, TestController};
+use common::controller::{task_response_from, Reply, TestController};
 use common::vm::{self, MACHINE};
 use manifests::{Document, ResultRequestManifest, ResultStatus};
 
@@ -34,7 +34,8 @@ struct Case<'a> {
 
 /// A controller that hands out one task for the machine (session
 /// `session`, results to its own `/result`), then none, and takes results.
-fn task_controller(session: &'static str) -> TestController {
+fn task_controller(session: &'static str, repository: &str) -> TestController {
+    let repository = repository.to_string();
     // The controller learns its own URL only once started; the result URL
     // is relative to it, so the task names it through a shared slot.
     let result_url: std::sync::Arc<std::sync::OnceLock<String>> = Default::default();
@@ -44,10 +45,11 @@ fn task_controller(session: &'static str) -> TestController {
         if req.path.starts_with("/result") {
             Reply::ok("")
         } else if !served.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            Reply::ok(task_response(
+            Reply::ok(task_response_from(
                 MACHINE,
                 slot.get().map_or("", String::as_str),
                 session,
+                &repository,
             ))
         } else {
             Reply::no_task()
@@ -74,7 +76,8 @@ fn run_case(fs: &Path, work: &Path, case: &Case<'_>) -> (ResultRequestManifest, 
     )
     .expect("behaviour");
     let state = work.join(format!("state-{tc}"));
-    let ctl = task_controller("s1");
+    let repo = vm::TinyRepo::serve(work, None);
+    let ctl = task_controller("s1", &repo.url);
     let args = vm::agent_args(fs, work, &tc, case.extra_args, &ctl.url("/"));
     let mut agent = AgentProc::spawn(&args);
     if case.interrupt {
@@ -114,6 +117,11 @@ fn run_case(fs: &Path, work: &Path, case: &Case<'_>) -> (ResultRequestManifest, 
         "temporary subvolumes left:\n{log}"
     );
     assert!(vm::qemu_processes(&tc).is_empty(), "QEMU left running");
+    assert_eq!(
+        vm::netns_of(&tc),
+        Vec::<String>::new(),
+        "network namespace left"
+    );
     assert!(
         !tftp.join("build").join(&tc).exists(),
         "TFTP build directory left"
@@ -145,7 +153,8 @@ fn killed_agent_leaves_nothing(fs: &Path, work: &Path) {
     fs::create_dir_all(&toolchain_dir).expect("toolchain dir");
     fs::write(toolchain_dir.join("behaviour"), "hangs\n").expect("behaviour");
     let state = work.join(format!("state-{tc}"));
-    let ctl = task_controller("killed-1");
+    let repo = vm::TinyRepo::serve(work, None);
+    let ctl = task_controller("killed-1", &repo.url);
     let args = vm::agent_args(fs, work, tc, &[], &ctl.url("/"));
     let mut agent = AgentProc::spawn(&args);
     common::wait_for("the task's guest at work", Duration::from_secs(600), || {
@@ -162,6 +171,7 @@ fn killed_agent_leaves_nothing(fs: &Path, work: &Path) {
     let run = state.join("run");
     assert_eq!(fs::read_dir(&run).map(|d| d.count()).unwrap_or(0), 1);
     assert!(tftp.join("build").join(tc).exists());
+    assert_eq!(vm::netns_of(tc).len(), 1, "the guest's network namespace");
     assert!(ctl.requests_to("/result").is_empty());
     // ... until the next start, which also reports the task.
     let mut next = AgentProc::spawn(&args);
@@ -192,6 +202,12 @@ fn killed_agent_leaves_nothing(fs: &Path, work: &Path) {
     );
     assert!(log.contains("removed leftover run directory"), "{log}");
     assert!(log.contains("deleted leftover temporary snapshot"), "{log}");
+    assert!(log.contains("deleted leftover network namespace"), "{log}");
+    assert_eq!(
+        vm::netns_of(tc),
+        Vec::<String>::new(),
+        "network namespace left"
+    );
 }
 
 fn machine_log(r: &ResultRequestManifest) -> String {
@@ -263,7 +279,7 @@ fn misbehaving_guests_are_stopped_reported_and_cleaned_up() {
     assert_eq!(r.result.status, ResultStatus::Success, "{log}");
     let attempts = r
         .result
-        .operation("escape@0")
+        .operation("sandbox@0")
         .and_then(|o| o.log.clone())
         .unwrap_or_default();
     assert_eq!(attempts.lines().count(), 10, "{attempts}");

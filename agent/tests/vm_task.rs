@@ -135,7 +135,9 @@ fn tasks_build_boards_in_real_guests() {
     std::fs::copy(&worker_guest, tc_dir.join("worker-guest")).expect("worker-guest");
 
     // A controller with two tasks, then none.
-    let guest_repo = format!("git://10.0.2.2:{}/fixture.git#{}", daemon.port, fx.branch);
+    // The host's URL: the agent mirrors it and serves the mirror to the
+    // guest, which has no route to the host's git daemon.
+    let guest_repo = format!("git://127.0.0.1:{}/fixture.git#{}", daemon.port, fx.branch);
     let result_url: Arc<OnceLock<String>> = Arc::default();
     let slot = Arc::clone(&result_url);
     let handed = Arc::new(AtomicUsize::new(0));

@@ -71,7 +71,8 @@ fn real_uboot_builds_in_a_real_guest() {
     std::fs::create_dir_all(&tc_dir).expect("toolchain dir");
     std::fs::copy(&worker_guest, tc_dir.join("worker-guest")).expect("worker-guest");
 
-    let repository = format!("git://10.0.2.2:{}/u-boot.git#debian", daemon.port);
+    // The host's URL: the agent mirrors it for the guest.
+    let repository = format!("git://127.0.0.1:{}/u-boot.git#debian", daemon.port);
     let result_url: Arc<OnceLock<String>> = Arc::default();
     let slot = Arc::clone(&result_url);
     let handed = Arc::new(AtomicUsize::new(0));

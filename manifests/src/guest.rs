@@ -23,6 +23,15 @@ pub const CMDLINE_TFTP: &str = "bbot.tftp";
 /// The kernel command-line parameter naming the phase.
 pub const CMDLINE_MODE: &str = "bbot.mode";
 
+/// The fw_cfg file naming the git URL the guest fetches its source from:
+/// the agent's mirror of the task's repository, served to this guest only.
+/// Absent: the guest clones the task's `repository-url` itself.
+pub const FW_CFG_SOURCE: &str = "opt/bbot/source";
+/// The kernel command-line parameter naming the same URL.
+pub const CMDLINE_SOURCE: &str = "bbot.source";
+/// The repository path of the served mirror (`git://host:port/<this>`).
+pub const SOURCE_REPOSITORY: &str = "source.git";
+
 /// Where Linux shows fw_cfg file `key` inside the guest.
 pub fn fw_cfg_sysfs_path(key: &str) -> String {
     format!("/sys/firmware/qemu_fw_cfg/by_name/{key}/raw")

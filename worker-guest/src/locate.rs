@@ -206,6 +206,47 @@ pub fn locate(sources: &Sources) -> Result<(SocketAddr, Source), LocateError> {
     })
 }
 
+/// The git URL of the agent's mirror of the task's source, if the agent
+/// named one: fw_cfg file `source_fw_cfg`, then `bbot.source=` on the
+/// kernel command line `cmdline`. `None`: the guest clones the task's
+/// `repository-url` itself (an agent without mirrors).
+pub fn locate_source(source_fw_cfg: &Path, cmdline: &Path) -> Result<Option<String>, LocateError> {
+    let check = |value: &str, origin: String| {
+        let value = value.trim_matches(|c: char| c.is_whitespace() || c == '\0');
+        if value.starts_with("git://") && !value.contains(char::is_whitespace) {
+            Ok(value.to_string())
+        } else {
+            Err(LocateError::BadAddress {
+                origin,
+                value: value.escape_debug().to_string(),
+                reason: "expected a git:// URL".to_string(),
+            })
+        }
+    };
+    if let Some(text) = read_optional(source_fw_cfg)? {
+        return check(&text, source_fw_cfg.display().to_string()).map(Some);
+    }
+    if let Some(text) = read_optional(cmdline)? {
+        if let Some(value) = text
+            .split_whitespace()
+            .filter_map(|w| w.strip_prefix(guest::CMDLINE_SOURCE)?.strip_prefix('='))
+            .next_back()
+        {
+            let origin = format!("{} ({}=)", cmdline.display(), guest::CMDLINE_SOURCE);
+            return check(value, origin).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+/// [`locate_source`] on the guest's own fw_cfg and command line.
+pub fn locate_source_here() -> Result<Option<String>, LocateError> {
+    locate_source(
+        Path::new(&guest::fw_cfg_sysfs_path(guest::FW_CFG_SOURCE)),
+        Path::new("/proc/cmdline"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,5 +373,29 @@ mod tests {
     fn routes_without_default_gateway() {
         let table = "Iface\tDestination\tGateway \tFlags\neth0\t0002000A\t00000000\t0001\n";
         assert_eq!(default_gateway(table, Path::new("r")).unwrap(), None);
+    }
+
+    #[test]
+    fn source_url_from_fw_cfg_then_cmdline() {
+        let d = Dir::new("source");
+        let fw = d.0.join("source");
+        let cmdline = d.0.join("cmdline");
+        assert_eq!(locate_source(&fw, &cmdline).expect("none"), None);
+        std::fs::write(
+            &cmdline,
+            "console=ttyS0 bbot.source=git://10.0.2.2:9/source.git\n",
+        )
+        .expect("cmdline");
+        assert_eq!(
+            locate_source(&fw, &cmdline).expect("cmdline").as_deref(),
+            Some("git://10.0.2.2:9/source.git")
+        );
+        std::fs::write(&fw, "git://10.0.2.2:7/source.git").expect("fw_cfg");
+        assert_eq!(
+            locate_source(&fw, &cmdline).expect("fw_cfg").as_deref(),
+            Some("git://10.0.2.2:7/source.git")
+        );
+        std::fs::write(&fw, "file:///etc").expect("fw_cfg");
+        assert!(locate_source(&fw, &cmdline).is_err());
     }
 }

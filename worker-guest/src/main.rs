@@ -115,6 +115,13 @@ struct TaskArgs {
     /// take.
     #[arg(long, value_name = "SECS", default_value_t = git::NETWORK_TIMEOUT.as_secs_f64())]
     clone_timeout: f64,
+
+    /// git:// URL of the agent's mirror of the task's repository, to
+    /// fetch just the task's commits from (default: what the agent names
+    /// in fw_cfg opt/bbot/source or bbot.source= on the kernel command
+    /// line; without either, the task's repository-url is cloned).
+    #[arg(long, value_name = "URL")]
+    source: Option<String>,
 }
 
 /// Options of the bootstrap mode.
@@ -263,7 +270,19 @@ fn task_mode(args: TaskArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     };
+    let source = match args.source {
+        Some(s) => Some(s),
+        // Only where the agent could have said so: with an explicit
+        // --tftp (a test on a host) there is no fw_cfg to read.
+        None if args.tftp.tftp.is_none() => worker_guest::locate::locate_source_here()
+            .context("finding the agent's source mirror")?,
+        None => None,
+    };
+    if let Some(s) = &source {
+        tracing::info!("source: the agent's mirror {s}");
+    }
     let opts = task::TaskOptions {
+        source,
         work_dir: args.work_dir,
         nthreads: args.threads.unwrap_or_else(default_nthreads).max(1),
         settings_file,

@@ -127,3 +127,38 @@ pub fn clone(
     }
     git(&dest, &["rev-parse", "HEAD"], timeouts.local)
 }
+
+/// Fetches from the agent's mirror (`source`, a `git://` URL served to
+/// this guest only) just what the task needs into `dest`: the tip of
+/// `reference` (or of the mirror's `HEAD`) and each of `commits`, each
+/// with depth 1, so a task over a large history downloads a few trees
+/// rather than the history. Checks out the reference's tip and returns it.
+pub fn fetch_from_mirror(
+    source: &str,
+    reference: Option<&str>,
+    commits: &[String],
+    dest: &Path,
+    timeouts: CloneTimeouts,
+) -> Result<String, CloneError> {
+    std::fs::create_dir_all(dest).map_err(|e| CloneError::Dir {
+        path: dest.to_path_buf(),
+        source: e,
+    })?;
+    git(dest, &["init", "-q"], timeouts.local)?;
+    git(dest, &["remote", "add", "origin", source], timeouts.local)?;
+    let tip = reference.unwrap_or("HEAD");
+    tracing::info!(
+        "fetching {tip} and {} commit(s) from the agent's mirror {source}",
+        commits.len()
+    );
+    let mut args = vec!["fetch", "-q", "--depth=1", "--no-tags", "origin", tip];
+    args.extend(commits.iter().map(String::as_str));
+    git(dest, &args, timeouts.network)?;
+    // FETCH_HEAD names the first thing fetched: the reference's tip.
+    git(
+        dest,
+        &["checkout", "-q", "-f", "FETCH_HEAD"],
+        timeouts.local,
+    )?;
+    git(dest, &["rev-parse", "HEAD"], timeouts.local)
+}

@@ -44,6 +44,10 @@ pub struct TaskOptions {
     pub search_path: OsString,
     /// Time limits of the git commands (clone, checkouts).
     pub git_timeouts: CloneTimeouts,
+    /// The agent's mirror of the task's repository (a `git://` URL), from
+    /// which only the task's commits are fetched; `None`: clone the task's
+    /// `repository-url`.
+    pub source: Option<String>,
 }
 
 /// Why a task ended without an uploaded result, or why a build could not
@@ -211,7 +215,16 @@ fn build(task: &TaskManifest, opts: &TaskOptions) -> Result<ResultManifest, Task
         return Err(TaskError::NoBoards);
     }
     let (url, reference) = task.repository();
-    let head = repository::clone(url, reference, &opts.work_dir, opts.git_timeouts)?;
+    let head = match &opts.source {
+        Some(source) => repository::fetch_from_mirror(
+            source,
+            reference,
+            &task.commits,
+            &opts.work_dir,
+            opts.git_timeouts,
+        )?,
+        None => repository::clone(url, reference, &opts.work_dir, opts.git_timeouts)?,
+    };
     tracing::info!("source at {head}");
     let toolchains = match &opts.settings_file {
         Some(s) => Toolchains::from_settings(s),
@@ -274,6 +287,7 @@ mod tests {
             settings_file: None,
             search_path: OsString::new(),
             git_timeouts: CloneTimeouts::default(),
+            source: None,
         };
         let raw = b": 1\nname: fx\nversion: 1\nrepository-url: file:///x\nmachine: m\ntarget: t\n";
         let r = perform(raw, &opts);

@@ -383,3 +383,109 @@ fn a_buildman_settings_file_replaces_autodetection() {
     assert_eq!(status("sandbox@0"), Some(ResultStatus::Success), "{r:#?}");
     assert_eq!(status("rpi_arm64@0"), Some(ResultStatus::Abort), "{r:#?}");
 }
+
+/// `git daemon` on loopback serving `base` the way the agent serves its
+/// mirror (any commit may be asked for by hash); killed with its group.
+struct MirrorDaemon {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl MirrorDaemon {
+    fn start(base: &std::path::Path) -> Self {
+        use std::os::unix::process::CommandExt;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let child = std::process::Command::new("git")
+            .args(["-c", "uploadpack.allowAnySHA1InWant=true", "daemon"])
+            .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", base.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("git daemon");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "git daemon did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        MirrorDaemon { child, port }
+    }
+}
+
+impl Drop for MirrorDaemon {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group we created.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// With the agent's mirror named (`--source`, as fw_cfg names it in a
+/// guest), the guest fetches only the task's commits from it, shallow,
+/// and never touches `repository-url` (here an address nobody serves).
+#[test]
+fn the_agents_mirror_gives_just_the_tasks_commits() {
+    let dir = TestDir::new("task-mirror");
+    let fx = Fixture::create(&dir.path.join("src"));
+    let base = dir.path.join("mirrors");
+    std::fs::create_dir_all(&base).expect("mirrors");
+    common::fixture::git(
+        &base,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &fx.dir.to_string_lossy(),
+            "source.git",
+        ],
+    );
+    let daemon = MirrorDaemon::start(&base);
+    let tftp = dir.path.join("tftp");
+    let server = AsyncTftpServer::start(&tftp);
+    let commits = &fx.commits[1..];
+    let mut task = format!(
+        ": 1\nname: fx\nversion: 1\nrepository-url: git://127.0.0.1:1/nowhere.git#{}\n\
+         machine: m\ntarget: t\nboard: sandbox sandbox\n",
+        fx.branch
+    );
+    for c in commits {
+        task.push_str(&format!("commit: {c}\n"));
+    }
+    std::fs::write(tftp.join("manifest"), task).expect("write task");
+    let work = dir.path.join("work");
+    let source = format!("git://127.0.0.1:{}/source.git", daemon.port);
+    let out = run_task(
+        &server.addr.to_string(),
+        &work,
+        &dir.path,
+        &["--source", &source],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let r = uploaded_result(&tftp);
+    let names: Vec<&str> = r.operations.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["sandbox@0", "sandbox@1", "sandbox@2"], "{r:#?}");
+    for op in &r.operations {
+        assert_eq!(op.status, ResultStatus::Success, "{r:#?}");
+    }
+    let git = |args: &[&str]| {
+        let o = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&work)
+            .args(args)
+            .output()
+            .expect("git");
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    assert_eq!(git(&["rev-parse", "--is-shallow-repository"]), "true");
+    // The first fixture commit was not asked for and was not fetched.
+    assert_eq!(
+        git(&["cat-file", "-t", &fx.commits[0]]),
+        "",
+        "the whole history was fetched"
+    );
+}

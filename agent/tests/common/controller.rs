@@ -144,9 +144,25 @@ pub fn refused_url() -> String {
 
 /// A task response for `machine`, with result URL `result_url`.
 pub fn task_response(machine: &str, result_url: &str, session: &str) -> String {
+    task_response_from(
+        machine,
+        result_url,
+        session,
+        "https://example.org/u-boot.git#master",
+    )
+}
+
+/// [`task_response`] with the source at `repository` (for real guests: the
+/// agent mirrors it before the task).
+pub fn task_response_from(
+    machine: &str,
+    result_url: &str,
+    session: &str,
+    repository: &str,
+) -> String {
     format!(
         ": 1\nsession: {session}\nresult-url: {result_url}\n:\nname: u-boot\nversion: 2026.01\n\
-repository-url: https://example.org/u-boot.git#master\nmachine: {machine}\ntarget: x86_64-linux-gnu\n\
+repository-url: {repository}\nmachine: {machine}\ntarget: x86_64-linux-gnu\n\
 commit: aaaa\ncommit: bbbb\nboard: sandbox sandbox\nboard: qemu_arm arm\n"
     )
 }

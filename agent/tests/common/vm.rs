@@ -115,8 +115,9 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// `git daemon` serving `base` read-only on loopback; the guest reaches
-/// it as `git://10.0.2.2:<port>/`.
+/// `git daemon` serving `base` read-only on the host's loopback: the
+/// repository a controller names (the agent mirrors it; guests never
+/// reach it).
 pub struct GitDaemon {
     child: Child,
     /// Its port.
@@ -126,8 +127,22 @@ pub struct GitDaemon {
 impl GitDaemon {
     /// Starts the daemon and waits until it accepts connections.
     pub fn start(base: &Path) -> Self {
+        Self::start_in(base, None)
+    }
+
+    /// Like [`GitDaemon::start`], inside network namespace `netns` (for
+    /// an agent that runs there).
+    pub fn start_in(base: &Path, netns: Option<&str>) -> Self {
         let port = free_port();
-        let child = Command::new("git")
+        let mut cmd = match netns {
+            None => Command::new("git"),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "git"]);
+                c
+            }
+        };
+        let child = cmd
             .arg("daemon")
             .arg("--reuseaddr")
             .arg("--export-all")
@@ -142,10 +157,67 @@ impl GitDaemon {
             .process_group(0)
             .spawn()
             .expect("start git daemon");
-        super::wait_for("git daemon", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        super::wait_for("git daemon", Duration::from_secs(10), || match netns {
+            None => std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(drop),
+            Some(ns) => Command::new("ip")
+                .args(["netns", "exec", ns, "bash", "-c"])
+                .arg(format!("exec 3<>/dev/tcp/127.0.0.1/{port}"))
+                .status()
+                .ok()
+                .filter(|s| s.success())
+                .map(drop),
         });
         GitDaemon { child, port }
+    }
+}
+
+/// A one-commit repository on branch `master` served by a [`GitDaemon`]:
+/// what the scripted guests' tasks name as their source (the agent mirrors
+/// it before each task, though those guests never fetch it).
+pub struct TinyRepo {
+    _daemon: GitDaemon,
+    /// `git://127.0.0.1:<port>/tiny.git#master`.
+    pub url: String,
+}
+
+impl TinyRepo {
+    /// Makes `<work>/tiny-git/tiny.git` (once) and serves it (inside
+    /// `netns` when given).
+    pub fn serve(work: &Path, netns: Option<&str>) -> TinyRepo {
+        let base = work.join("tiny-git");
+        let src = base.join("src");
+        std::fs::create_dir_all(&src).expect("tiny repo dir");
+        let git = |dir: &Path, args: &[&str]| {
+            let st = Command::new("git")
+                .args([
+                    "-c",
+                    "user.name=t",
+                    "-c",
+                    "user.email=t@t",
+                    "-c",
+                    "init.defaultBranch=master",
+                ])
+                .args(args)
+                .current_dir(dir)
+                .status()
+                .expect("git");
+            assert!(st.success(), "git {args:?}");
+        };
+        if !base.join("tiny.git").exists() {
+            git(&src, &["init", "-q"]);
+            std::fs::write(src.join("README"), "tiny\n").expect("README");
+            git(&src, &["add", "README"]);
+            git(&src, &["commit", "-q", "-m", "tiny"]);
+            git(&base, &["clone", "-q", "--bare", "src", "tiny.git"]);
+        }
+        let daemon = GitDaemon::start_in(&base, netns);
+        let url = format!("git://127.0.0.1:{}/tiny.git#master", daemon.port);
+        TinyRepo {
+            _daemon: daemon,
+            url,
+        }
     }
 }
 
@@ -162,6 +234,18 @@ impl Drop for GitDaemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The guests' network namespaces of toolchain `tc` (`bbot-<tc>-...`).
+pub fn netns_of(tc: &str) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("bbot-{tc}-")))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// QEMU processes whose command line names `what` (a VM name part).
