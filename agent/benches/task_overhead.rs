@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use bbot_agent::console::ConsoleLog;
+use bbot_agent::qemu_channels::Channels;
 use bbot_agent::tftp::{SessionRules, TftpServer};
 use bbot_agent::vm::{qemu_args, Accel, Network, VmSpec};
 use manifests::{BootstrappedMachineManifest, Document};
@@ -140,23 +142,30 @@ fn by_hand(machines: &Path, work: &Path, n: usize) -> Duration {
         ],
         run_dir: work.join(format!("hand-run-{n}")),
         netns: None,
+        // The agent's seccomp filter; the bench starts QEMU itself, as root.
+        confinement: bbot_agent::confine::Confinement {
+            seccomp: true,
+            ..Default::default()
+        },
     };
     std::fs::create_dir_all(&spec.run_dir).expect("run dir");
-    // QEMU connects the console to the agent's socket, as under the agent.
-    let console = bbot_agent::console::ConsoleLog::listen(
-        &spec.run_dir.join(bbot_agent::vm::CONSOLE_SOCKET),
+    // QMP and the console as the agent hands them to QEMU.
+    let mut channels = Channels::open(&spec.run_dir).expect("channels");
+    let console = ConsoleLog::record(
+        channels.take_console().expect("console"),
         &spec.run_dir.join("console.log"),
         bbot_agent::console::CAP,
     )
     .expect("console");
-    let st = Command::new(&spec.qemu)
-        .args(qemu_args(&spec))
+    let mut cmd = Command::new(&spec.qemu);
+    cmd.args(qemu_args(&spec, &channels))
         .current_dir(&snapshot)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("qemu");
+        .stderr(Stdio::null());
+    channels.inherit(&mut cmd);
+    let st = cmd.status().expect("qemu");
     assert!(st.success(), "QEMU failed");
+    drop(channels);
     console.finish();
     drop(server);
     let st = Command::new("btrfs")

@@ -154,6 +154,10 @@ pub struct Cli {
     /// host as 10.0.2.2).
     #[arg(long, value_name = "IFACE")]
     pub bridge: Option<String>,
+    /// The unprivileged user QEMU runs as (with the `kvm` group): QEMU
+    /// never runs as root.
+    #[arg(long, value_name = "USER", default_value = "bbot-qemu")]
+    pub qemu_user: String,
     /// QEMU binary that runs the guests.
     #[arg(long, value_name = "PATH", default_value = "qemu-system-x86_64")]
     pub qemu: PathBuf,

@@ -1,104 +1,54 @@
 //! The guest's serial console, kept in the VM's `console.log` with a cap.
 //!
 //! QEMU does not write the file itself (`-serial file:` grows without
-//! bound, and the guest decides how much it prints): it connects its serial
-//! port to a unix socket the agent listens on, and a thread of the agent
-//! copies what arrives into the log, up to [`guest::MAX_CONSOLE_LOG_BYTES`].
-//! Past the cap it keeps reading (so the guest never blocks on a full
-//! console) and drops the rest, and when the guest is gone it appends how
-//! many bytes were dropped.
+//! bound, and the guest decides how much it prints): its serial port is
+//! one end of a socket pair the agent hands it as a file descriptor, and a
+//! thread of the agent copies what arrives at the other end into the log,
+//! up to [`guest::MAX_CONSOLE_LOG_BYTES`]. Past the cap it keeps reading
+//! (so the guest never blocks on a full console) and drops the rest, and
+//! when the guest is gone it appends how many bytes were dropped.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use manifests::guest;
 
-/// A console being recorded; the recording ends when the guest's side
-/// closes (QEMU exits) or when this is dropped.
+/// A console being recorded; the recording ends when QEMU's end of the
+/// socket pair is closed (QEMU exits).
 pub struct ConsoleLog {
-    socket: PathBuf,
-    listener_fd: i32,
-    stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-/// The QEMU arguments that connect the guest's first serial port to
-/// `socket` (listened on by [`ConsoleLog::listen`] before QEMU starts).
-pub fn qemu_args(socket: &Path) -> [String; 4] {
-    [
-        "-chardev".into(),
-        format!("socket,id=console,path={},server=off", socket.display()),
-        "-serial".into(),
-        "chardev:console".into(),
-    ]
-}
-
 impl ConsoleLog {
-    /// Listens on `socket` and records what the guest prints into `log`,
-    /// at most `cap` bytes of it.
-    pub fn listen(socket: &Path, log: &Path, cap: u64) -> io::Result<ConsoleLog> {
-        let _ = std::fs::remove_file(socket);
-        let listener = UnixListener::bind(socket)?;
+    /// Records what arrives on `from` into `log`, at most `cap` bytes of it.
+    pub fn record(from: UnixStream, log: &Path, cap: u64) -> io::Result<ConsoleLog> {
         let file = File::create(log)?;
-        let listener_fd = listener.as_raw_fd();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("console".into())
             .spawn(move || {
-                let conn = listener.accept();
-                if stopping.load(Ordering::SeqCst) {
-                    return;
-                }
-                match conn {
-                    Ok((stream, _)) => {
-                        if let Err(e) = record(stream, file, cap) {
-                            tracing::warn!("console log: {e}");
-                        }
-                    }
-                    Err(e) => tracing::warn!("console log: accept: {e}"),
+                if let Err(e) = copy_capped(from, file, cap) {
+                    tracing::warn!("console log: {e}");
                 }
             })?;
         Ok(ConsoleLog {
-            socket: socket.to_path_buf(),
-            listener_fd,
-            stop,
             thread: Some(thread),
         })
     }
 
-    /// Waits until the guest's side has closed and the log is complete
-    /// (call once QEMU is gone).
+    /// Waits until the log is complete (call once QEMU is gone and the
+    /// agent's copy of QEMU's end is closed).
     pub fn finish(mut self) {
-        self.end();
-    }
-
-    fn end(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wakes an accept() still waiting (QEMU never connected).
-        // SAFETY: the descriptor stays open until the thread ends.
-        unsafe { libc::shutdown(self.listener_fd, libc::SHUT_RDWR) };
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.socket);
-    }
-}
-
-impl Drop for ConsoleLog {
-    fn drop(&mut self) {
-        self.end();
     }
 }
 
 /// Copies `from` into `to` up to `cap` bytes, then drains and counts.
-fn record(mut from: impl Read, mut to: File, cap: u64) -> io::Result<()> {
+fn copy_capped(mut from: impl Read, mut to: File, cap: u64) -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut kept: u64 = 0;
     let mut dropped: u64 = 0;
@@ -172,14 +122,13 @@ mod tests {
     #[test]
     fn the_log_stops_at_the_cap_and_says_how_much_was_dropped() {
         let dir = tempfile::tempdir().expect("dir");
-        let sock = dir.path().join("console.sock");
         let log = dir.path().join("console.log");
-        let c = ConsoleLog::listen(&sock, &log, 1000).expect("listen");
-        let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
+        let (agent_end, mut qemu_end) = UnixStream::pair().expect("pair");
+        let c = ConsoleLog::record(agent_end, &log, 1000).expect("record");
         for _ in 0..100 {
-            s.write_all(&[b'x'; 1000]).expect("write");
+            qemu_end.write_all(&[b'x'; 1000]).expect("write");
         }
-        drop(s);
+        drop(qemu_end);
         c.finish();
         let text = std::fs::read_to_string(&log).expect("log");
         assert!(text.starts_with(&"x".repeat(1000)), "{}", &text[..50]);
@@ -189,15 +138,6 @@ mod tests {
             "{text}"
         );
         assert!(text.len() < 1200, "{}", text.len());
-        assert!(!sock.exists());
-    }
-
-    #[test]
-    fn a_guest_that_never_connects_does_not_hang_the_agent() {
-        let dir = tempfile::tempdir().expect("dir");
-        let c =
-            ConsoleLog::listen(&dir.path().join("s"), &dir.path().join("l"), 10).expect("listen");
-        c.finish();
     }
 
     #[test]

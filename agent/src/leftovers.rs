@@ -11,7 +11,7 @@
 //!
 //! Ownership is by name: a run directory is `<machine>-<agent pid>-<n>`
 //! under this instance's `--state`, a tap is `bbot<toolchain-num>t<n>`, a
-//! guest's network namespace `bbot-<toolchain>-<num>-<n>`, the TFTP
+//! guest's network namespace and cgroup `bbot-<toolchain>-<num>-<n>`, the TFTP
 //! directory is `build/<toolchain-name>`; anything of a pid that is
 //! not a live `bbot-agent` is a leftover.
 
@@ -31,8 +31,9 @@ pub struct VmLeftovers {
     pub tftp_build_dir: PathBuf,
     /// Tap name prefix (`bbot<toolchain-num>t`) when VMs use `--bridge`.
     pub tap_prefix: Option<String>,
-    /// Network namespace name prefix (`bbot-<toolchain>-<num>-`).
-    pub netns_prefix: String,
+    /// Name prefix of the VMs' network namespaces and cgroups
+    /// (`bbot-<toolchain>-<num>-`).
+    pub vm_prefix: String,
 }
 
 /// How long a killed QEMU gets to disappear.
@@ -56,7 +57,8 @@ impl VmLeftovers {
         if let Some(prefix) = &self.tap_prefix {
             n += clean_taps(prefix);
         }
-        n += crate::netns::clean_leftovers(&self.netns_prefix);
+        n += crate::netns::clean_leftovers(&self.vm_prefix);
+        n += crate::cgroup::clean_leftovers(&self.vm_prefix);
         if self.tftp_build_dir.exists() {
             match std::fs::remove_dir_all(&self.tftp_build_dir) {
                 Ok(()) => {
@@ -129,8 +131,9 @@ fn owner_pid(name: &str) -> Option<u32> {
     pid.parse().ok()
 }
 
-/// Processes whose command line names something inside `dir` (QEMU names
-/// its QMP socket and console log there).
+/// Processes whose command line names something inside `dir`, or whose
+/// standard output is a file there (QEMU's is `<run>/qemu.log`; its QMP
+/// and console are inherited descriptors, not paths).
 fn processes_using(dir: &Path) -> Vec<u32> {
     let needle = format!("{}/", dir.display());
     let Ok(procs) = std::fs::read_dir("/proc") else {
@@ -140,9 +143,12 @@ fn processes_using(dir: &Path) -> Vec<u32> {
         .flatten()
         .filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
                 .map(|c| String::from_utf8_lossy(&c).contains(&needle))
-                .unwrap_or(false)
+                .unwrap_or(false);
+            cmdline
+                || std::fs::read_link(format!("/proc/{pid}/fd/1"))
+                    .is_ok_and(|out| out.starts_with(dir))
         })
         .collect()
 }
@@ -255,7 +261,7 @@ mod tests {
             log_dir: root.path().join("logs"),
             tftp_build_dir: tftp.clone(),
             tap_prefix: None,
-            netns_prefix: format!("bbot-leftovers-unit-test-{}-", std::process::id()),
+            vm_prefix: format!("bbot-leftovers-unit-test-{}-", std::process::id()),
         };
         assert_eq!(
             l.clean(),

@@ -10,7 +10,9 @@
 pub mod auth;
 pub mod btrfs;
 pub mod cancel;
+pub mod cgroup;
 pub mod cli;
+pub mod confine;
 pub mod console;
 pub mod controller;
 pub mod fake;
@@ -23,6 +25,7 @@ pub mod machines;
 pub mod mirror;
 pub mod netns;
 pub mod notify;
+pub mod qemu_channels;
 pub mod qemu_runner;
 pub mod qmp;
 pub mod result_check;

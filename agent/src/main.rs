@@ -10,6 +10,7 @@ use clap::Parser;
 
 use bbot_agent::auth::AgentKey;
 use bbot_agent::cli::{self, Cli};
+use bbot_agent::confine::QemuUser;
 use bbot_agent::controller::{Client, ClientConfig};
 use bbot_agent::fake::{FakeMachineFile, FakeRunner};
 use bbot_agent::inflight::InFlight;
@@ -103,6 +104,7 @@ fn run(cli: &Cli) -> anyhow::Result<Exit> {
             run_root: state.join("run"),
             log_dir: state.join("logs"),
             mirrors: MirrorConfig::under(&state),
+            qemu_user: QemuUser::lookup(&cli.qemu_user).context("--qemu-user")?,
         })
         .context("--accel kvm")?;
         // Before anything else touches VMs: what a dead predecessor's VMs

@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 use manifests::{BootstrapManifest, Document, MacAddress, MachineManifest, ResultManifest};
 
 use crate::cancel::Cancel;
+use crate::cgroup::{self, VmCgroup};
+use crate::confine::{Confinement, QemuUser};
 use crate::mirror::{self, Mirror, MirrorConfig, MirrorError};
 use crate::netns::{self, GuestNetns};
 use crate::runner::{BootstrapJob, MachineRunner, RunnerError, TaskJob, VmConfig};
@@ -70,12 +72,17 @@ pub struct QemuConfig {
     pub log_dir: PathBuf,
     /// The host's mirrors of task repositories, served to the guests.
     pub mirrors: MirrorConfig,
+    /// `--qemu-user`: the unprivileged user QEMU runs as.
+    pub qemu_user: QemuUser,
 }
 
 /// Boots real guests with QEMU.
 #[derive(Debug)]
 pub struct QemuRunner {
     cfg: QemuConfig,
+    /// The host's cgroup version (`None`: no usable controllers; VMs run
+    /// without a group, with a warning at start).
+    cgroups: Option<cgroup::Version>,
 }
 
 static SESSION: AtomicU64 = AtomicU64::new(0);
@@ -93,7 +100,14 @@ impl QemuRunner {
         if cfg.accel == Accel::Kvm {
             crate::vm::check_kvm()?;
         }
-        Ok(QemuRunner { cfg })
+        let cgroups = cgroup::detect();
+        match cgroups {
+            Some(v) => tracing::info!("VMs run in cgroups ({v:?})"),
+            None => tracing::warn!(
+                "no cgroup memory, pids and cpu controllers: VMs run without their limits"
+            ),
+        }
+        Ok(QemuRunner { cfg, cgroups })
     }
 
     /// What a dead predecessor's VMs may have left, for start-up.
@@ -112,10 +126,7 @@ impl QemuRunner {
                 .bridge
                 .as_ref()
                 .map(|_| tap_prefix(self.cfg.vm.toolchain_num)),
-            netns_prefix: netns::name_prefix(
-                &self.cfg.vm.toolchain_name,
-                self.cfg.vm.toolchain_num,
-            ),
+            vm_prefix: netns::name_prefix(&self.cfg.vm.toolchain_name, self.cfg.vm.toolchain_num),
         }
     }
 
@@ -191,6 +202,32 @@ impl QemuRunner {
                 None => f().map_err(|e| e.to_string()),
             }
             .map_err(|e| RunnerError::Failed(format!("cannot open the guest's {what}: {e}")))
+        };
+        // Bounds of what this VM may use (`cgroup`): the guest's RAM plus
+        // QEMU's own (TCG's translation cache among it), a process count
+        // with room for QEMU's I/O threads, the default CPU share.
+        let vm_cgroup = match self.cgroups {
+            None => None,
+            Some(version) => {
+                let ram_mib = guest_ram_kib(self.cfg.vm.ram_kib, machine)? / 1024;
+                let overhead_mib = if self.cfg.accel == Accel::Tcg {
+                    2048
+                } else {
+                    1024
+                };
+                let limits = cgroup::Limits {
+                    memory_bytes: (ram_mib + overhead_mib) << 20,
+                    pids: 512,
+                    cpu_weight: 100,
+                };
+                let group_name = format!(
+                    "{}{id}",
+                    netns::name_prefix(&self.cfg.vm.toolchain_name, self.cfg.vm.toolchain_num)
+                );
+                let g = VmCgroup::create(version, &group_name, limits)
+                    .map_err(|e| RunnerError::Failed(e.to_string()))?;
+                Some(Arc::new(g))
+            }
         };
         let enter: Option<EnterFn> = netns.as_ref().map(|ns| {
             let ns = Arc::clone(ns);
@@ -273,6 +310,11 @@ impl QemuRunner {
             kernel_args,
             run_dir: run_dir.clone(),
             netns: netns.clone(),
+            confinement: Confinement {
+                user: Some(self.cfg.qemu_user.clone()),
+                seccomp: true,
+                cgroup: vm_cgroup.clone(),
+            },
         };
         let outcome = match Vm::start(&spec) {
             Err(e) => Err(RunnerError::Failed(e.to_string())),
@@ -300,6 +342,7 @@ impl QemuRunner {
         // QEMU is gone: nothing uses the namespace any more.
         drop(spec);
         drop(netns);
+        drop(vm_cgroup);
         self.finish_run_dir(&run_dir, &name, mode);
         outcome
     }

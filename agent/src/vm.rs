@@ -12,6 +12,7 @@
 //! manifest's relative `options` paths resolve there. A `Vm` that is
 //! dropped while not `Exited` is forced down.
 
+use crate::qemu_channels::Channels;
 use crate::qmp::{QmpClient, QmpError};
 use std::fmt;
 use std::fs::{self, File};
@@ -107,6 +108,8 @@ pub struct VmSpec {
     /// The network namespace QEMU runs in (user networking: the guest
     /// reaches only what the agent serves there), or the agent's own.
     pub netns: Option<std::sync::Arc<crate::netns::GuestNetns>>,
+    /// The QEMU user, seccomp filter and cgroup QEMU runs under.
+    pub confinement: crate::confine::Confinement,
 }
 
 /// Where a guest is in its life.
@@ -156,11 +159,10 @@ pub enum VmError {
     /// The guest's network could not be set up (tap device, bridge).
     #[error("guest network: {0}")]
     Network(String),
+    /// QEMU could not be confined (user, cgroup).
+    #[error("confining QEMU: {0}")]
+    Confinement(String),
 }
-
-/// The unix socket in the run directory QEMU connects the guest's serial
-/// console to.
-pub const CONSOLE_SOCKET: &str = "console.sock";
 
 /// How long a QMP exchange may take before the connection is dropped.
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -203,11 +205,17 @@ fn ip(args: &[&str]) -> Result<(), String> {
 }
 
 /// Creates tap device `tap` and enslaves it to `bridge`, up.
-fn create_tap(tap: &str, bridge: &str) -> Result<(), VmError> {
+fn create_tap(tap: &str, bridge: &str, owner: Option<u32>) -> Result<(), VmError> {
     let fail = |e: String| VmError::Network(e);
     // A tap of this name can only be a leftover of a crashed run.
     let _ = ip(&["link", "delete", "dev", tap]);
-    ip(&["tuntap", "add", "dev", tap, "mode", "tap"]).map_err(fail)?;
+    // Owned by the QEMU user, who opens it without privileges.
+    let owner = owner.map(|u| u.to_string());
+    let mut add = vec!["tuntap", "add", "dev", tap, "mode", "tap"];
+    if let Some(u) = &owner {
+        add.extend(["user", u.as_str()]);
+    }
+    ip(&add).map_err(fail)?;
     let attached = ip(&["link", "set", "dev", tap, "master", bridge])
         .and_then(|()| ip(&["link", "set", "dev", tap, "up"]));
     if let Err(e) = attached {
@@ -227,9 +235,9 @@ pub fn check_kvm() -> Result<(), VmError> {
         .map_err(|e| VmError::KvmUnavailable(format!("/dev/kvm: {e}")))
 }
 
-/// The QEMU arguments for `spec` (without the binary).
-pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
-    let run = |f: &str| spec.run_dir.join(f).display().to_string();
+/// The QEMU arguments for `spec` (without the binary), its QMP and console
+/// on `channels`.
+pub fn qemu_args(spec: &VmSpec, channels: &Channels) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "-name".into(),
         format!("bbot-{},process=bbot-{}", spec.name, spec.name),
@@ -250,13 +258,8 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
         "none".into(),
         "-no-reboot".into(),
     ]);
-    args.extend(crate::console::qemu_args(
-        &spec.run_dir.join(CONSOLE_SOCKET),
-    ));
-    args.extend([
-        "-qmp".into(),
-        format!("unix:{},server=on,wait=off", run("qmp.sock")),
-    ]);
+    args.extend(channels.qemu_args());
+    args.extend(spec.confinement.qemu_args());
     let netdev = match &spec.network {
         Network::User => "user,id=net0".to_string(),
         Network::Bridge { tap, .. } => {
@@ -312,20 +315,29 @@ impl Vm {
         let log = File::create(&qemu_log).map_err(io_err(&qemu_log))?;
         let log2 = log.try_clone().map_err(io_err(&qemu_log))?;
         let console_log = spec.run_dir.join("console.log");
-        let console = crate::console::ConsoleLog::listen(
-            &spec.run_dir.join(CONSOLE_SOCKET),
-            &console_log,
-            crate::console::CAP,
-        )
-        .map_err(io_err(&console_log))?;
+        let mut channels = Channels::open(&spec.run_dir).map_err(io_err(&spec.run_dir))?;
+        let console = match channels.take_console() {
+            Some(end) => crate::console::ConsoleLog::record(end, &console_log, crate::console::CAP)
+                .map_err(io_err(&console_log))?,
+            None => {
+                return Err(VmError::Io {
+                    path: console_log,
+                    source: std::io::Error::other("no console channel"),
+                })
+            }
+        };
+        let confined = |e: crate::confine::ConfineError| VmError::Confinement(e.to_string());
+        spec.confinement
+            .hand_over(&[&spec.machine_dir])
+            .map_err(confined)?;
         let tap = match &spec.network {
             Network::User => None,
             Network::Bridge { bridge, tap } => {
-                create_tap(tap, bridge)?;
+                create_tap(tap, bridge, spec.confinement.user.as_ref().map(|u| u.uid))?;
                 Some(tap.clone())
             }
         };
-        let args = qemu_args(spec);
+        let args = qemu_args(spec, &channels);
         tracing::debug!("starting {} {}", spec.qemu.display(), args.join(" "));
         let mut cmd = Command::new(&spec.qemu);
         cmd.args(&args)
@@ -334,34 +346,46 @@ impl Vm {
             .stdout(log)
             .stderr(log2)
             .process_group(0);
-        die_with_agent(&mut cmd);
-        if let Some(ns) = &spec.netns {
-            ns.enter_on_spawn(&mut cmd)
-                .map_err(|e| VmError::Network(e.to_string()))?;
+        // In this order: the namespace and the cgroup need root, and the
+        // parent-death signal must be set after the uid changes (the
+        // kernel clears it on a credential change).
+        let prepared = match &spec.netns {
+            Some(ns) => ns
+                .enter_on_spawn(&mut cmd)
+                .map_err(|e| VmError::Network(e.to_string())),
+            None => Ok(()),
         }
-        let spawned = cmd.spawn();
+        .and_then(|()| spec.confinement.apply_on_spawn(&mut cmd).map_err(confined));
+        channels.inherit(&mut cmd);
+        die_with_agent(&mut cmd);
+        let spawned = prepared.and_then(|()| {
+            cmd.spawn().map_err(|source| VmError::Spawn {
+                qemu: spec.qemu.clone(),
+                source,
+            })
+        });
         let child = match spawned {
             Ok(c) => c,
-            Err(source) => {
+            Err(e) => {
                 if let Some(t) = &tap {
                     let _ = ip(&["link", "delete", "dev", t]);
                 }
-                return Err(VmError::Spawn {
-                    qemu: spec.qemu.clone(),
-                    source,
-                });
+                return Err(e);
             }
         };
         let mut vm = Vm {
             name: spec.name.clone(),
             child,
-            qmp: QmpClient::new(&spec.run_dir.join("qmp.sock"), QMP_TIMEOUT),
+            qmp: QmpClient::new(channels.qmp_path(), QMP_TIMEOUT),
             state: VmState::Running,
             console_log,
             console: Some(console),
             qemu_log,
             tap,
         };
+        // QEMU has its own copies now; closing the agent's lets the console
+        // end when QEMU does.
+        drop(channels);
         let deadline = Instant::now() + STARTUP_GRACE;
         loop {
             if let VmState::Exited(status) = vm.state() {

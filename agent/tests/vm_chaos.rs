@@ -174,6 +174,11 @@ fn sigkilled_agents_lose_no_task_and_leak_nothing() {
                 for leak in leaks(fs.path(), &run, pid) {
                     leaks_found.push(format!("after restart {k}: {leak}"));
                 }
+                // No VM of this agent yet: any namespace or cgroup is a
+                // dead agent's.
+                for leak in vm::netns_of(TC).into_iter().chain(vm::cgroups_of(TC)) {
+                    leaks_found.push(format!("after restart {k}: {leak}"));
+                }
                 checked = true;
             }
             let now = phase(&log);
@@ -232,6 +237,9 @@ fn sigkilled_agents_lose_no_task_and_leak_nothing() {
     }
     if !vm::qemu_processes(TC).is_empty() {
         leaks_found.push("QEMU after the last stop".into());
+    }
+    for leak in vm::netns_of(TC).into_iter().chain(vm::cgroups_of(TC)) {
+        leaks_found.push(format!("after the last stop: {leak}"));
     }
 
     let l = ledger.lock().expect("ledger");

@@ -122,6 +122,7 @@ fn run_case(fs: &Path, work: &Path, case: &Case<'_>) -> (ResultRequestManifest, 
         Vec::<String>::new(),
         "network namespace left"
     );
+    assert_eq!(vm::cgroups_of(&tc), Vec::<String>::new(), "cgroup left");
     assert!(
         !tftp.join("build").join(&tc).exists(),
         "TFTP build directory left"
@@ -172,6 +173,7 @@ fn killed_agent_leaves_nothing(fs: &Path, work: &Path) {
     assert_eq!(fs::read_dir(&run).map(|d| d.count()).unwrap_or(0), 1);
     assert!(tftp.join("build").join(tc).exists());
     assert_eq!(vm::netns_of(tc).len(), 1, "the guest's network namespace");
+    assert!(!vm::cgroups_of(tc).is_empty(), "the VM's cgroup");
     assert!(ctl.requests_to("/result").is_empty());
     // ... until the next start, which also reports the task.
     let mut next = AgentProc::spawn(&args);
@@ -208,6 +210,8 @@ fn killed_agent_leaves_nothing(fs: &Path, work: &Path) {
         Vec::<String>::new(),
         "network namespace left"
     );
+    assert!(log.contains("removed leftover cgroup"), "{log}");
+    assert_eq!(vm::cgroups_of(tc), Vec::<String>::new(), "cgroup left");
 }
 
 fn machine_log(r: &ResultRequestManifest) -> String {

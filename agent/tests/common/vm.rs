@@ -248,6 +248,22 @@ pub fn netns_of(tc: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The VMs' cgroups of toolchain `tc` (`bbot-agent/bbot-<tc>-...` in the
+/// v2 tree or any v1 hierarchy).
+pub fn cgroups_of(tc: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    for h in ["", "memory/", "pids/", "cpu/"] {
+        let dir = format!("/sys/fs/cgroup/{h}bbot-agent");
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(&format!("bbot-{tc}-")) {
+                v.push(format!("{dir}/{n}"));
+            }
+        }
+    }
+    v
+}
+
 /// QEMU processes whose command line names `what` (a VM name part).
 pub fn qemu_processes(what: &str) -> Vec<String> {
     let out = Command::new("pgrep")
