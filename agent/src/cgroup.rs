@@ -241,18 +241,8 @@ pub fn clean_leftovers(prefix: &str) -> usize {
         return 0;
     };
     let parent = dirs(version, "")[0].clone();
-    let Ok(entries) = fs::read_dir(&parent) else {
-        return 0;
-    };
     let mut n = 0;
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(prefix) else {
-            continue;
-        };
-        if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
+    for name in crate::fsutil::numbered_names(&parent, prefix) {
         match remove(version, &dirs(version, &name)) {
             Ok(()) => {
                 tracing::info!("removed leftover cgroup {name}");

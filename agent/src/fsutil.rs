@@ -57,3 +57,20 @@ pub fn process_alive(pid: u32, comm: &str) -> bool {
         Err(_) => false,
     }
 }
+
+/// The names in `dir` that are `prefix` followed by a number: how a dead
+/// agent's taps, namespaces and cgroups are found (each kind in its own
+/// directory, named `<instance prefix><n>`).
+pub fn numbered_names(dir: &Path, prefix: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| {
+            name.strip_prefix(prefix)
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect()
+}

@@ -181,30 +181,13 @@ fn kill_and_wait(pid: u32) {
 
 /// Deletes tap devices named `<prefix><n>`.
 fn clean_taps(prefix: &str) -> usize {
-    let Ok(links) = std::fs::read_dir("/sys/class/net") else {
-        return 0;
-    };
     let mut n = 0;
-    for l in links.flatten() {
-        let name = l.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(prefix) else {
-            continue;
-        };
-        if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let out = std::process::Command::new("ip")
-            .args(["link", "delete", "dev", &name])
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {
+    for name in fsutil::numbered_names(Path::new("/sys/class/net"), prefix) {
+        match crate::iproute::ip(&["link", "delete", "dev", &name]) {
+            Ok(()) => {
                 tracing::info!("deleted leftover tap {name}");
                 n += 1;
             }
-            Ok(o) => tracing::error!(
-                "cannot delete leftover tap {name}: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            ),
             Err(e) => tracing::error!("cannot delete leftover tap {name}: {e}"),
         }
     }

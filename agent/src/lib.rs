@@ -18,6 +18,7 @@ pub mod controller;
 pub mod fake;
 pub mod fsutil;
 pub mod inflight;
+pub mod iproute;
 pub mod layout;
 pub mod leftovers;
 pub mod logging;

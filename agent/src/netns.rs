@@ -18,6 +18,8 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
+use crate::iproute::ip;
+
 /// Where `ip netns` keeps its namespaces.
 const NETNS_DIR: &str = "/run/netns";
 
@@ -41,23 +43,6 @@ pub struct GuestNetns {
 /// The name prefix of toolchain `toolchain`'s instance `num`.
 pub fn name_prefix(toolchain: &str, num: u16) -> String {
     format!("bbot-{toolchain}-{num}-")
-}
-
-/// Runs `ip args...`.
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
 }
 
 impl GuestNetns {
@@ -165,18 +150,8 @@ impl Drop for GuestNetns {
 /// Deletes namespaces named `<prefix><n>` (a dead agent's); returns how
 /// many.
 pub fn clean_leftovers(prefix: &str) -> usize {
-    let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
-        return 0;
-    };
     let mut n = 0;
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(prefix) else {
-            continue;
-        };
-        if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
+    for name in crate::fsutil::numbered_names(std::path::Path::new(NETNS_DIR), prefix) {
         match ip(&["netns", "delete", &name]) {
             Ok(()) => {
                 tracing::info!("deleted leftover network namespace {name}");

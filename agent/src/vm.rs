@@ -12,6 +12,7 @@
 //! manifest's relative `options` paths resolve there. A `Vm` that is
 //! dropped while not `Exited` is forced down.
 
+use crate::iproute::ip;
 use crate::qemu_channels::Channels;
 use crate::qmp::{QmpClient, QmpError};
 use std::fmt;
@@ -185,23 +186,6 @@ pub struct Vm {
     /// The tap device this VM owns (bridge networking), deleted when QEMU
     /// is gone.
     tap: Option<String>,
-}
-
-/// Runs `ip args...`, for the tap devices of bridged VMs.
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
 }
 
 /// Creates tap device `tap` and enslaves it to `bridge`, up.
