@@ -31,6 +31,7 @@ use crate::cgroup::{self, VmCgroup};
 use crate::confine::{Confinement, QemuUser};
 use crate::mirror::{self, Mirror, MirrorConfig, MirrorError};
 use crate::netns::{self, GuestNetns};
+use crate::result_check::vet_guest_result;
 use crate::runner::{BootstrapJob, MachineRunner, RunnerError, TaskJob, VmConfig};
 use crate::source_server::SourceServer;
 use crate::tftp::{shown_name, EnterFn, Phase, SessionRules, TftpEvent, TftpLayout, TftpServer};
@@ -587,11 +588,15 @@ impl MachineRunner for QemuRunner {
                     }
                 }
                 let name = format!("result manifest uploaded by {}", machine.header.name);
-                ResultManifest::parse(&bytes, &name).map_err(|e| {
-                    RunnerError::Failed(format!(
-                        "the guest uploaded an invalid result manifest: {e}"
-                    ))
-                })
+                // The guest's word about the task it was sent, not the
+                // result itself (`result_check`).
+                ResultManifest::parse(&bytes, &name)
+                    .map(|r| vet_guest_result(job.task, r))
+                    .map_err(|e| {
+                        RunnerError::Failed(format!(
+                            "the guest uploaded an invalid result manifest: {e}"
+                        ))
+                    })
             },
         );
         if let Err(e) = fs::remove_dir_all(&build_dir) {
