@@ -150,7 +150,7 @@ fn by_hand(machines: &Path, work: &Path, n: usize) -> Duration {
     };
     std::fs::create_dir_all(&spec.run_dir).expect("run dir");
     // QMP and the console as the agent hands them to QEMU.
-    let mut channels = Channels::open(&spec.run_dir).expect("channels");
+    let mut channels = Channels::open(&spec.run_dir, None).expect("channels");
     let console = ConsoleLog::record(
         channels.take_console().expect("console"),
         &spec.run_dir.join("console.log"),

@@ -234,15 +234,15 @@ impl Drop for VmCgroup {
     }
 }
 
-/// Removes groups named `<prefix><n>` (a dead agent's), killing what is
-/// still in them; returns how many.
+/// Removes groups named `<prefix><pid>-<n>` of other (dead) agents,
+/// killing what is still in them; returns how many.
 pub fn clean_leftovers(prefix: &str) -> usize {
     let Some(version) = detect() else {
         return 0;
     };
     let parent = dirs(version, "")[0].clone();
     let mut n = 0;
-    for name in crate::fsutil::numbered_names(&parent, prefix) {
+    for name in crate::fsutil::names_of_other_agents(&parent, prefix) {
         match remove(version, &dirs(version, &name)) {
             Ok(()) => {
                 tracing::info!("removed leftover cgroup {name}");

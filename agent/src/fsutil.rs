@@ -74,3 +74,55 @@ pub fn numbered_names(dir: &Path, prefix: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// The names in `dir` that are `prefix` followed by `<pid>-<n>` for a pid
+/// other than this process's: another agent's VMs' namespaces and cgroups
+/// (at start-up, a dead one's; the caller checks no other agent of the
+/// instance lives).
+pub fn names_of_other_agents(dir: &Path, prefix: &str) -> Vec<String> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| {
+            let Some((pid, n)) = name.strip_prefix(prefix).and_then(|r| r.split_once('-')) else {
+                return false;
+            };
+            let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+            digits(n) && digits(pid) && pid.parse::<u32>().is_ok_and(|p| p != me)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftover_names_are_found_by_prefix_number_and_owner() {
+        let dir = tempfile::tempdir().expect("dir");
+        let me = std::process::id();
+        for n in [
+            "bbot1t0".to_string(),
+            "bbot1t12".into(),
+            "bbot1tx".into(),
+            "bbot1t".into(),
+            "bbot-tc-1-4242-0".into(),
+            format!("bbot-tc-1-{me}-3"),
+            "bbot-tc-1-4242-".into(),
+            "bbot-tc-12-4242-0".into(),
+        ] {
+            std::fs::create_dir(dir.path().join(n)).expect("entry");
+        }
+        let mut taps = numbered_names(dir.path(), "bbot1t");
+        taps.sort();
+        assert_eq!(taps, ["bbot1t0", "bbot1t12"]);
+        assert_eq!(
+            names_of_other_agents(dir.path(), "bbot-tc-1-"),
+            ["bbot-tc-1-4242-0"]
+        );
+    }
+}

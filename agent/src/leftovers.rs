@@ -11,7 +11,7 @@
 //!
 //! Ownership is by name: a run directory is `<machine>-<agent pid>-<n>`
 //! under this instance's `--state`, a tap is `bbot<toolchain-num>t<n>`, a
-//! guest's network namespace and cgroup `bbot-<toolchain>-<num>-<n>`, the TFTP
+//! guest's network namespace and cgroup `bbot-<toolchain>-<num>-<pid>-<n>`, the TFTP
 //! directory is `build/<toolchain-name>`; anything of a pid that is
 //! not a live `bbot-agent` is a leftover.
 

@@ -7,7 +7,7 @@
 //! (the host's loopback is another namespace), no other guest (each has
 //! its own), no LAN, no internet (no interface leads out).
 //!
-//! Namespaces are named `bbot-<toolchain>-<num>-<n>` (`ip netns`, so an
+//! Namespaces are named `bbot-<toolchain>-<num>-<agent pid>-<n>` (`ip netns`, so an
 //! admin can inspect one and a restarted agent can find its dead
 //! predecessor's by name) and deleted when dropped.
 
@@ -147,11 +147,11 @@ impl Drop for GuestNetns {
     }
 }
 
-/// Deletes namespaces named `<prefix><n>` (a dead agent's); returns how
-/// many.
+/// Deletes namespaces named `<prefix><pid>-<n>` of other (dead) agents;
+/// returns how many.
 pub fn clean_leftovers(prefix: &str) -> usize {
     let mut n = 0;
-    for name in crate::fsutil::numbered_names(std::path::Path::new(NETNS_DIR), prefix) {
+    for name in crate::fsutil::names_of_other_agents(std::path::Path::new(NETNS_DIR), prefix) {
         match ip(&["netns", "delete", &name]) {
             Ok(()) => {
                 tracing::info!("deleted leftover network namespace {name}");

@@ -8,9 +8,11 @@
 //!   accepts on it; the agent connects to the path as before.
 //! - Console: a socket pair; QEMU's serial port writes one end, the
 //!   agent's `console` thread reads the other.
+//! - Bridge networking: the tap device, opened by the agent on
+//!   `/dev/net/tun` (root-only on many hosts).
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -25,20 +27,54 @@ pub struct Channels {
     qmp_path: PathBuf,
     console_qemu: UnixStream,
     console_agent: Option<UnixStream>,
+    tap: Option<OwnedFd>,
+}
+
+/// Opens tap device `name` (which must exist) for a VM's NIC: no packet
+/// information, virtio-net headers, as QEMU's own tap backend does.
+fn open_tap(name: &str) -> io::Result<OwnedFd> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("tap name '{name}' is not 1..15 bytes"),
+        ));
+    }
+    // SAFETY: open(2) of a constant path; the descriptor is owned below.
+    let raw = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: an all-zero ifreq is valid; the name fits (checked above).
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_flags =
+        (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+    // SAFETY: TUNSETIFF with a valid ifreq on our tun descriptor.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &ifr) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
 }
 
 impl Channels {
-    /// Creates the channels of a QEMU whose run directory is `run_dir`.
-    pub fn open(run_dir: &Path) -> io::Result<Channels> {
+    /// Creates the channels of a QEMU whose run directory is `run_dir`,
+    /// and opens its tap device `tap` (bridge networking).
+    pub fn open(run_dir: &Path, tap: Option<&str>) -> io::Result<Channels> {
         let qmp_path = run_dir.join(QMP_SOCKET);
         let _ = std::fs::remove_file(&qmp_path);
         let qmp = UnixListener::bind(&qmp_path)?;
         let (console_agent, console_qemu) = UnixStream::pair()?;
+        let tap = tap.map(open_tap).transpose()?;
         Ok(Channels {
             qmp,
             qmp_path,
             console_qemu,
             console_agent: Some(console_agent),
+            tap,
         })
     }
 
@@ -50,6 +86,13 @@ impl Channels {
     /// The agent's end of the console (once).
     pub fn take_console(&mut self) -> Option<UnixStream> {
         self.console_agent.take()
+    }
+
+    /// The `-netdev` value of the tap device, if there is one.
+    pub fn tap_netdev(&self) -> Option<String> {
+        self.tap
+            .as_ref()
+            .map(|fd| format!("tap,id=net0,fd={},vhost=off", fd.as_raw_fd()))
     }
 
     /// The QEMU arguments that use the channels.
@@ -71,12 +114,16 @@ impl Channels {
 
     /// Makes `cmd`'s process inherit the channels' QEMU ends.
     pub fn inherit(&self, cmd: &mut Command) {
-        let fds: [RawFd; 2] = [self.qmp.as_raw_fd(), self.console_qemu.as_raw_fd()];
+        let fds: [RawFd; 3] = [
+            self.qmp.as_raw_fd(),
+            self.console_qemu.as_raw_fd(),
+            self.tap.as_ref().map_or(-1, |t| t.as_raw_fd()),
+        ];
         // SAFETY: between fork and exec the closure only calls fcntl
         // (async-signal-safe) on descriptors that are open in the parent.
         unsafe {
             cmd.pre_exec(move || {
-                for fd in fds {
+                for fd in fds.into_iter().filter(|fd| *fd >= 0) {
                     if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                         return Err(io::Error::last_os_error());
                     }

@@ -189,8 +189,9 @@ impl QemuRunner {
             Some(_) => None,
             None => {
                 let ns_name = format!(
-                    "{}{id}",
-                    netns::name_prefix(&self.cfg.vm.toolchain_name, self.cfg.vm.toolchain_num)
+                    "{}{}-{id}",
+                    netns::name_prefix(&self.cfg.vm.toolchain_name, self.cfg.vm.toolchain_num),
+                    std::process::id()
                 );
                 let ns =
                     GuestNetns::create(&ns_name).map_err(|e| RunnerError::Failed(e.to_string()))?;
@@ -222,8 +223,9 @@ impl QemuRunner {
                     cpu_weight: 100,
                 };
                 let group_name = format!(
-                    "{}{id}",
-                    netns::name_prefix(&self.cfg.vm.toolchain_name, self.cfg.vm.toolchain_num)
+                    "{}{}-{id}",
+                    netns::name_prefix(&self.cfg.vm.toolchain_name, self.cfg.vm.toolchain_num),
+                    std::process::id()
                 );
                 let g = VmCgroup::create(version, &group_name, limits)
                     .map_err(|e| RunnerError::Failed(e.to_string()))?;

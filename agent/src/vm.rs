@@ -246,9 +246,9 @@ pub fn qemu_args(spec: &VmSpec, channels: &Channels) -> Vec<String> {
     args.extend(spec.confinement.qemu_args());
     let netdev = match &spec.network {
         Network::User => "user,id=net0".to_string(),
-        Network::Bridge { tap, .. } => {
-            format!("tap,id=net0,ifname={tap},script=no,downscript=no")
-        }
+        Network::Bridge { tap, .. } => channels
+            .tap_netdev()
+            .unwrap_or_else(|| format!("tap,id=net0,ifname={tap},script=no,downscript=no")),
     };
     args.extend([
         "-netdev".into(),
@@ -298,18 +298,6 @@ impl Vm {
         let qemu_log = spec.run_dir.join("qemu.log");
         let log = File::create(&qemu_log).map_err(io_err(&qemu_log))?;
         let log2 = log.try_clone().map_err(io_err(&qemu_log))?;
-        let console_log = spec.run_dir.join("console.log");
-        let mut channels = Channels::open(&spec.run_dir).map_err(io_err(&spec.run_dir))?;
-        let console = match channels.take_console() {
-            Some(end) => crate::console::ConsoleLog::record(end, &console_log, crate::console::CAP)
-                .map_err(io_err(&console_log))?,
-            None => {
-                return Err(VmError::Io {
-                    path: console_log,
-                    source: std::io::Error::other("no console channel"),
-                })
-            }
-        };
         let confined = |e: crate::confine::ConfineError| VmError::Confinement(e.to_string());
         spec.confinement
             .hand_over(&[&spec.machine_dir])
@@ -319,6 +307,32 @@ impl Vm {
             Network::Bridge { bridge, tap } => {
                 create_tap(tap, bridge, spec.confinement.user.as_ref().map(|u| u.uid))?;
                 Some(tap.clone())
+            }
+        };
+        // From here on a failure must not leave the tap behind.
+        let delete_tap = || {
+            if let Some(t) = &tap {
+                let _ = ip(&["link", "delete", "dev", t]);
+            }
+        };
+        let console_log = spec.run_dir.join("console.log");
+        let opened = Channels::open(&spec.run_dir, tap.as_deref())
+            .map_err(io_err(&spec.run_dir))
+            .and_then(|mut channels| {
+                let end = channels.take_console().ok_or_else(|| VmError::Io {
+                    path: console_log.clone(),
+                    source: std::io::Error::other("no console channel"),
+                })?;
+                let console =
+                    crate::console::ConsoleLog::record(end, &console_log, crate::console::CAP)
+                        .map_err(io_err(&console_log))?;
+                Ok((channels, console))
+            });
+        let (channels, console) = match opened {
+            Ok(c) => c,
+            Err(e) => {
+                delete_tap();
+                return Err(e);
             }
         };
         let args = qemu_args(spec, &channels);
@@ -351,9 +365,7 @@ impl Vm {
         let child = match spawned {
             Ok(c) => c,
             Err(e) => {
-                if let Some(t) = &tap {
-                    let _ = ip(&["link", "delete", "dev", t]);
-                }
+                delete_tap();
                 return Err(e);
             }
         };
