@@ -17,6 +17,7 @@ pub mod console;
 pub mod controller;
 pub mod fake;
 pub mod fsutil;
+pub mod guest_services;
 pub mod inflight;
 pub mod iproute;
 pub mod layout;

@@ -18,23 +18,22 @@
 //! Cancellation is polled every 50 ms; the VM is forced down at once.
 
 use std::fs;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use manifests::{BootstrapManifest, Document, MacAddress, MachineManifest, ResultManifest};
 
 use crate::cancel::Cancel;
-use crate::cgroup::{self, VmCgroup};
+use crate::cgroup;
 use crate::confine::{Confinement, QemuUser};
+use crate::guest_services::{GuestServices, ServicesSpec};
 use crate::mirror::{self, Mirror, MirrorConfig, MirrorError};
-use crate::netns::{self, GuestNetns};
+use crate::netns;
 use crate::result_check::vet_guest_result;
 use crate::runner::{BootstrapJob, MachineRunner, RunnerError, TaskJob, VmConfig};
-use crate::source_server::SourceServer;
-use crate::tftp::{shown_name, EnterFn, Phase, SessionRules, TftpEvent, TftpLayout, TftpServer};
+use crate::tftp::{shown_name, Phase, TftpEvent, TftpLayout, TftpServer};
 use crate::vm::{Accel, Network, Vm, VmSpec, VmState};
 use manifests::guest;
 
@@ -182,104 +181,51 @@ impl QemuRunner {
             .cfg
             .run_root
             .join(format!("{name}-{}-{id}", std::process::id()));
-        // With user networking the guest gets a network namespace of its
-        // own, and its servers listen there (see `netns`); on a bridge
-        // they listen on the bridge's address.
-        let netns = match &self.cfg.vm.bridge {
-            Some(_) => None,
-            None => {
-                let ns_name = format!(
-                    "{}{}-{id}",
-                    netns::name_prefix(&self.cfg.vm.toolchain_name, self.cfg.vm.toolchain_num),
-                    std::process::id()
-                );
-                let ns =
-                    GuestNetns::create(&ns_name).map_err(|e| RunnerError::Failed(e.to_string()))?;
-                Some(Arc::new(ns))
-            }
-        };
-        let in_guest_net = |what: &str, f: &(dyn Fn() -> std::io::Result<TcpListener> + Sync)| {
-            match &netns {
-                Some(ns) => ns.within(f).map_err(|e| e.to_string()),
-                None => f().map_err(|e| e.to_string()),
-            }
-            .map_err(|e| RunnerError::Failed(format!("cannot open the guest's {what}: {e}")))
-        };
         // Bounds of what this VM may use (`cgroup`): the guest's RAM plus
         // QEMU's own (TCG's translation cache among it), a process count
         // with room for QEMU's I/O threads, the default CPU share.
-        let vm_cgroup = match self.cgroups {
-            None => None,
-            Some(version) => {
-                let ram_mib = guest_ram_kib(self.cfg.vm.ram_kib, machine)? / 1024;
-                let overhead_mib = if self.cfg.accel == Accel::Tcg {
-                    2048
-                } else {
-                    1024
-                };
-                let limits = cgroup::Limits {
-                    memory_bytes: (ram_mib + overhead_mib) << 20,
-                    pids: 512,
-                    cpu_weight: 100,
-                };
-                let group_name = format!(
-                    "{}{}-{id}",
-                    netns::name_prefix(&self.cfg.vm.toolchain_name, self.cfg.vm.toolchain_num),
-                    std::process::id()
-                );
-                let g = VmCgroup::create(version, &group_name, limits)
-                    .map_err(|e| RunnerError::Failed(e.to_string()))?;
-                Some(Arc::new(g))
-            }
+        let ram_kib = guest_ram_kib(self.cfg.vm.ram_kib, machine)?;
+        let overhead_mib = if self.cfg.accel == Accel::Tcg {
+            2048
+        } else {
+            1024
         };
-        let enter: Option<EnterFn> = netns.as_ref().map(|ns| {
-            let ns = Arc::clone(ns);
-            Box::new(move || ns.enter_current_thread()) as EnterFn
-        });
-        let server = TftpServer::start_in(
+        let limits = cgroup::Limits {
+            memory_bytes: (ram_kib / 1024 + overhead_mib) << 20,
+            pids: 512,
+            cpu_weight: 100,
+        };
+        let services_name = format!(
+            "{}{}-{id}",
+            netns::name_prefix(&self.cfg.vm.toolchain_name, self.cfg.vm.toolchain_num),
+            std::process::id()
+        );
+        let source_dir = run_dir.join("source");
+        // With user networking the guest gets a network namespace of its
+        // own, and its servers listen there (see `netns`); on a bridge
+        // they listen on the bridge's address.
+        let services = GuestServices::open(&ServicesSpec {
+            phase,
+            get_dir: &layout.get_dir(phase),
+            put_dir: &layout.put_dir(phase),
             bind,
-            &layout.get_dir(phase),
-            &layout.put_dir(phase),
-            SessionRules::for_phase(phase),
-            enter,
-        )
-        .map_err(|e| RunnerError::Failed(e.to_string()))?;
-        let tftp = SocketAddr::new(advertised, server.local_addr().port()).to_string();
-        // The task's source, for this guest only (the TFTP session's peer).
-        let source_server = match source {
-            None => None,
-            Some(mirror) => {
-                let listener = in_guest_net("source server", &|| {
-                    TcpListener::bind(SocketAddr::new(bind, 0))
-                })?;
-                let started = SourceServer::start(
-                    listener,
-                    &mirror.path,
-                    &run_dir.join("source"),
-                    server.peer(),
-                );
-                match started {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        let _ = fs::remove_dir_all(&run_dir);
-                        return Err(RunnerError::Failed(format!(
-                            "cannot serve the task's source to the guest: {e}"
-                        )));
-                    }
-                }
+            advertised,
+            name: &services_name,
+            own_netns: self.cfg.vm.bridge.is_none(),
+            cgroup: self.cgroups.map(|v| (v, limits)),
+            source: source.map(|m| (m, source_dir.as_path())),
+        });
+        let services = match services {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&run_dir);
+                return Err(e);
             }
         };
-        let source_url = source_server.as_ref().map(|s| {
-            format!(
-                "git://{}/{}",
-                SocketAddr::new(advertised, s.local_addr().port()),
-                guest::SOURCE_REPOSITORY
-            )
-        });
+        let tftp = services.tftp_addr().to_string();
         let options = machine
             .option_args()
             .map_err(|e| RunnerError::Failed(e.message().to_string()))?;
-        let ram_kib = guest_ram_kib(self.cfg.vm.ram_kib, machine)?;
         let mut fw_cfg = vec![
             (guest::FW_CFG_TFTP.to_string(), tftp.clone()),
             (guest::FW_CFG_MODE.to_string(), mode.to_string()),
@@ -288,8 +234,8 @@ impl QemuRunner {
             guest::cmdline_arg(guest::CMDLINE_TFTP, &tftp),
             guest::cmdline_arg(guest::CMDLINE_MODE, mode),
         ];
-        if let Some(url) = &source_url {
-            fw_cfg.push((guest::FW_CFG_SOURCE.to_string(), url.clone()));
+        if let Some(url) = services.source_url() {
+            fw_cfg.push((guest::FW_CFG_SOURCE.to_string(), url.to_string()));
             kernel_args.push(guest::cmdline_arg(guest::CMDLINE_SOURCE, url));
         }
         let spec = VmSpec {
@@ -312,25 +258,19 @@ impl QemuRunner {
             fw_cfg,
             kernel_args,
             run_dir: run_dir.clone(),
-            netns: netns.clone(),
+            netns: services.netns(),
             confinement: Confinement {
                 user: Some(self.cfg.qemu_user.clone()),
                 seccomp: true,
-                cgroup: vm_cgroup.clone(),
+                cgroup: services.cgroup(),
             },
         };
         let outcome = match Vm::start(&spec) {
             Err(e) => Err(RunnerError::Failed(e.to_string())),
             Ok(mut vm) => {
-                let source = source_url
-                    .as_ref()
-                    .map_or(String::new(), |u| format!(", source at {u}"));
-                let ns = netns.as_ref().map_or(String::new(), |n| {
-                    format!(", network namespace {}", n.name())
-                });
-                tracing::info!("{mode} of {name}: guest started, TFTP at {tftp}{source}{ns}");
+                tracing::info!("{mode} of {name}: guest started, {}", services.describe());
                 let r = self
-                    .wait_upload(&mut vm, &server, phase, startup, work, cancel)
+                    .wait_upload(&mut vm, services.tftp(), phase, startup, work, cancel)
                     .and_then(|path| {
                         let bytes = fs::read(&path)
                             .map_err(|e| RunnerError::Failed(format!("{}: {e}", path.display())))?;
@@ -340,12 +280,10 @@ impl QemuRunner {
                 r
             }
         };
-        drop(source_server);
-        drop(server);
-        // QEMU is gone: nothing uses the namespace any more.
+        // QEMU is gone: the servers stop, then the namespace and the
+        // group go.
         drop(spec);
-        drop(netns);
-        drop(vm_cgroup);
+        drop(services);
         self.finish_run_dir(&run_dir, &name, mode);
         outcome
     }
