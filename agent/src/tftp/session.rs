@@ -165,8 +165,12 @@ impl GuestHandler {
 
 static UPLOAD_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Largest file a GET reads into memory before sending (larger ones are
+/// streamed from disk).
+const IN_MEMORY_GET_BYTES: u64 = 64 << 20;
+
 impl Handler for GuestHandler {
-    type Reader = blocking::Unblock<File>;
+    type Reader = Box<dyn futures_lite::AsyncRead + Unpin + Send>;
     type Writer = AtomicUpload;
 
     async fn read_req_open(
@@ -190,8 +194,21 @@ impl Handler for GuestHandler {
         let file = File::open(&real).map_err(|e| self.refuse("GET", &name, e.to_string()))?;
         let len = file.metadata().ok().map(|m| m.len());
         tracing::debug!("TFTP GET '{}' -> {}", shown_name(&name), real.display());
+        // What guests GET is small (a task, a worker binary): read it into
+        // memory, so that each block is not a hop through the blocking
+        // thread pool; anything larger is streamed.
+        let reader: Self::Reader = match len.filter(|l| *l <= IN_MEMORY_GET_BYTES) {
+            Some(l) => {
+                let mut buf = Vec::with_capacity(l as usize);
+                let mut file = file;
+                std::io::Read::read_to_end(&mut file, &mut buf)
+                    .map_err(|e| self.refuse("GET", &name, e.to_string()))?;
+                Box::new(futures_lite::io::Cursor::new(buf))
+            }
+            None => Box::new(blocking::Unblock::new(file)),
+        };
         let _ = self.events.send(TftpEvent::Get { name });
-        Ok((blocking::Unblock::new(file), len))
+        Ok((reader, len))
     }
 
     async fn write_req_open(
