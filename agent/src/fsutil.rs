@@ -58,20 +58,25 @@ pub fn process_alive(pid: u32, comm: &str) -> bool {
     }
 }
 
-/// The names in `dir` that are `prefix` followed by a number: how a dead
-/// agent's taps, namespaces and cgroups are found (each kind in its own
-/// directory, named `<instance prefix><n>`).
-pub fn numbered_names(dir: &Path, prefix: &str) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
+/// The names of the entries of `dir` (none if it cannot be read).
+fn entry_names(dir: &Path) -> impl Iterator<Item = String> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| {
-            name.strip_prefix(prefix)
-                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-        })
+}
+
+/// Whether `s` is a non-empty run of ASCII digits.
+fn is_number(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The names in `dir` that are `prefix` followed by a number: how a dead
+/// agent's taps are found (named `<instance prefix><n>`).
+pub fn numbered_names(dir: &Path, prefix: &str) -> Vec<String> {
+    entry_names(dir)
+        .filter(|name| name.strip_prefix(prefix).is_some_and(is_number))
         .collect()
 }
 
@@ -81,18 +86,12 @@ pub fn numbered_names(dir: &Path, prefix: &str) -> Vec<String> {
 /// instance lives).
 pub fn names_of_other_agents(dir: &Path, prefix: &str) -> Vec<String> {
     let me = std::process::id();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
+    entry_names(dir)
         .filter(|name| {
             let Some((pid, n)) = name.strip_prefix(prefix).and_then(|r| r.split_once('-')) else {
                 return false;
             };
-            let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-            digits(n) && digits(pid) && pid.parse::<u32>().is_ok_and(|p| p != me)
+            is_number(n) && is_number(pid) && pid.parse::<u32>().is_ok_and(|p| p != me)
         })
         .collect()
 }

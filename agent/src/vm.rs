@@ -189,17 +189,13 @@ pub struct Vm {
 }
 
 /// Creates tap device `tap` and enslaves it to `bridge`, up.
-fn create_tap(tap: &str, bridge: &str, owner: Option<u32>) -> Result<(), VmError> {
+/// QEMU gets the tap as a descriptor the agent opened (`qemu_channels`),
+/// so the tap needs no owner.
+fn create_tap(tap: &str, bridge: &str) -> Result<(), VmError> {
     let fail = |e: String| VmError::Network(e);
     // A tap of this name can only be a leftover of a crashed run.
     let _ = ip(&["link", "delete", "dev", tap]);
-    // Owned by the QEMU user, who opens it without privileges.
-    let owner = owner.map(|u| u.to_string());
-    let mut add = vec!["tuntap", "add", "dev", tap, "mode", "tap"];
-    if let Some(u) = &owner {
-        add.extend(["user", u.as_str()]);
-    }
-    ip(&add).map_err(fail)?;
+    ip(&["tuntap", "add", "dev", tap, "mode", "tap"]).map_err(fail)?;
     let attached = ip(&["link", "set", "dev", tap, "master", bridge])
         .and_then(|()| ip(&["link", "set", "dev", tap, "up"]));
     if let Err(e) = attached {
@@ -305,7 +301,7 @@ impl Vm {
         let tap = match &spec.network {
             Network::User => None,
             Network::Bridge { bridge, tap } => {
-                create_tap(tap, bridge, spec.confinement.user.as_ref().map(|u| u.uid))?;
+                create_tap(tap, bridge)?;
                 Some(tap.clone())
             }
         };
@@ -540,9 +536,10 @@ impl Drop for Vm {
 /// and prctl is caught by comparing the parent pid afterwards.
 pub(crate) fn die_with_agent(cmd: &mut Command) {
     if !is_main_thread() {
-        // Tests start VMs from their own threads; the Vm's Drop still
-        // kills QEMU when the test ends.
-        tracing::debug!("VM started off the main thread: its QEMU dies with this thread");
+        // Tests start VMs from their own threads, and a source server
+        // spawns its git daemons from its accept thread, which lives as
+        // long as the session; their owners kill them anyway.
+        tracing::debug!("process started off the main thread: it dies with this thread");
     }
     // SAFETY: getpid is async-signal-safe; it runs before the fork.
     let agent = unsafe { libc::getpid() };
