@@ -177,22 +177,37 @@ pub fn default_gateway(table: &str, path: &Path) -> Result<Option<Ipv4Addr>, Loc
     Ok(None)
 }
 
+/// A value the agent passed the guest: fw_cfg file `fw_cfg`, else the last
+/// `param=` on the kernel command line `cmdline`. Returns the value, where
+/// it came from (for errors) and which of the two it was.
+fn agent_value(
+    fw_cfg: &Path,
+    cmdline: &Path,
+    param: &str,
+) -> Result<Option<(String, String, Source)>, LocateError> {
+    if let Some(text) = read_optional(fw_cfg)? {
+        return Ok(Some((text, fw_cfg.display().to_string(), Source::FwCfg)));
+    }
+    let Some(text) = read_optional(cmdline)? else {
+        return Ok(None);
+    };
+    Ok(text
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix(param)?.strip_prefix('='))
+        .next_back()
+        .map(|value| {
+            let origin = format!("{} ({param}=)", cmdline.display());
+            (value.to_string(), origin, Source::KernelCmdline)
+        }))
+}
+
 /// Finds the server: fw_cfg, then the kernel command line, then the
 /// default gateway on port 69.
 pub fn locate(sources: &Sources) -> Result<(SocketAddr, Source), LocateError> {
-    if let Some(text) = read_optional(&sources.fw_cfg)? {
-        let origin = sources.fw_cfg.display().to_string();
-        return Ok((parse_address(&text, &origin)?, Source::FwCfg));
-    }
-    if let Some(text) = read_optional(&sources.cmdline)? {
-        if let Some(value) = text
-            .split_whitespace()
-            .filter_map(|w| w.strip_prefix(guest::CMDLINE_TFTP)?.strip_prefix('='))
-            .next_back()
-        {
-            let origin = format!("{} ({}=)", sources.cmdline.display(), guest::CMDLINE_TFTP);
-            return Ok((parse_address(value, &origin)?, Source::KernelCmdline));
-        }
+    if let Some((value, origin, source)) =
+        agent_value(&sources.fw_cfg, &sources.cmdline, guest::CMDLINE_TFTP)?
+    {
+        return Ok((parse_address(&value, &origin)?, source));
     }
     if let Some(table) = read_optional(&sources.route)? {
         if let Some(gw) = default_gateway(&table, &sources.route)? {
@@ -223,20 +238,9 @@ pub fn locate_source(source_fw_cfg: &Path, cmdline: &Path) -> Result<Option<Stri
             })
         }
     };
-    if let Some(text) = read_optional(source_fw_cfg)? {
-        return check(&text, source_fw_cfg.display().to_string()).map(Some);
-    }
-    if let Some(text) = read_optional(cmdline)? {
-        if let Some(value) = text
-            .split_whitespace()
-            .filter_map(|w| w.strip_prefix(guest::CMDLINE_SOURCE)?.strip_prefix('='))
-            .next_back()
-        {
-            let origin = format!("{} ({}=)", cmdline.display(), guest::CMDLINE_SOURCE);
-            return check(value, origin).map(Some);
-        }
-    }
-    Ok(None)
+    agent_value(source_fw_cfg, cmdline, guest::CMDLINE_SOURCE)?
+        .map(|(value, origin, _)| check(&value, origin))
+        .transpose()
 }
 
 /// [`locate_source`] on the guest's own fw_cfg and command line.
