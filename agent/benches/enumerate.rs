@@ -10,11 +10,10 @@ mod btrfs_loop;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use bbot_agent::cancel::Cancel;
-use bbot_agent::fake::{fake_bootstrap_manifest, FakeRunner};
-use bbot_agent::machines::{generate_mac, Machines, MachinesConfig};
-use bbot_agent::runner::NoVmRunner;
-use bbot_agent::version::BOOTSTRAP_PROTOCOL;
+use bbot_agent::base::cancel::Cancel;
+use bbot_agent::base::version::BOOTSTRAP_PROTOCOL;
+use bbot_agent::host::machines::{generate_mac, Machines, MachinesConfig};
+use bbot_agent::vm::fake::{fake_bootstrap_manifest, FakeRunner};
 use manifests::{
     BootstrappedMachineManifest, Document, MachineHeader, MachineManifest, MachineType,
     ToolchainManifest,
@@ -27,7 +26,7 @@ const TARGET: Duration = Duration::from_millis(200);
 
 fn btrfs_create(paths: &[std::path::PathBuf]) {
     for p in paths {
-        bbot_agent::btrfs::create_subvolume(p).expect("create subvolume");
+        bbot_agent::host::btrfs::create_subvolume(p).expect("create subvolume");
     }
 }
 
@@ -88,13 +87,15 @@ fn main() {
     let setup = Instant::now();
     layout(fs.path());
     println!("setup: {MACHINES} machines in {:?}", setup.elapsed());
-    let runner = FakeRunner::new(true, true, Duration::ZERO, Box::new(NoVmRunner));
+    let runner = FakeRunner::all_fake(Duration::ZERO);
     let ms = Machines::new(
         MachinesConfig {
             machines: fs.path().to_path_buf(),
             toolchain_name: "default".into(),
             toolchain_id: None,
             toolchain_num: 1,
+            instance: 1,
+            toolchain_lock: fs.path().join(".bbot-agent-default.lock"),
             bootstrap_timeout: Duration::from_secs(60),
         },
         &runner,
@@ -103,9 +104,11 @@ fn main() {
     let mut times = Vec::new();
     for _ in 0..ROUNDS {
         let t = Instant::now();
+        // The offer's machine locks go with it, as in the agent's round.
         let offered = ms.enumerate().expect("enumerate");
         times.push(t.elapsed());
         assert_eq!(offered.len(), MACHINES);
+        drop(offered);
     }
     assert_eq!(runner.bootstraps(), 0, "nothing should need a bootstrap");
     times.sort();
@@ -127,9 +130,12 @@ fn main() {
         let name = format!("m{i:04}");
         let dir = fs.path().join(format!("vol{}", i % VOLUMES)).join(&name);
         let tmp = dir.join(format!("{name}-default-bbot-tmp-bench"));
-        bbot_agent::btrfs::snapshot(&dir.join(format!("{name}-{BOOTSTRAP_PROTOCOL}.1")), &tmp)
-            .expect("snapshot");
-        bbot_agent::btrfs::delete(&tmp).expect("delete");
+        bbot_agent::host::btrfs::snapshot(
+            &dir.join(format!("{name}-{BOOTSTRAP_PROTOCOL}.1")),
+            &tmp,
+        )
+        .expect("snapshot");
+        bbot_agent::host::btrfs::delete(&tmp).expect("delete");
     }
     println!(
         "for comparison, snapshot+delete of every revision: {:?}",

@@ -22,10 +22,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bbot_agent::console::ConsoleLog;
-use bbot_agent::qemu_channels::Channels;
-use bbot_agent::tftp::{SessionRules, TftpServer};
-use bbot_agent::vm::{qemu_args, Accel, Network, VmSpec};
+use bbot_agent::vm::console::ConsoleLog;
+use bbot_agent::vm::lifecycle::{qemu_args, Accel, Network, VmSpec};
+use bbot_agent::vm::qemu_channels::Channels;
+use bbot_agent::vm::tftp::{SessionRules, TftpServer};
 use manifests::{BootstrappedMachineManifest, Document};
 
 const MACHINE: &str = "x86_64-debian_12-uboot";
@@ -127,7 +127,7 @@ fn by_hand(machines: &Path, work: &Path, n: usize) -> Duration {
         ram_mib: 1024,
         machine_dir: snapshot.clone(),
         machine_options: b.machine.option_args().expect("options"),
-        mac: bbot_agent::qemu_runner::machine_mac(&b.machine).to_string(),
+        mac: bbot_agent::vm::qemu_runner::machine_mac(&b.machine).to_string(),
         network: Network::User,
         fw_cfg: vec![
             (guest::FW_CFG_TFTP.into(), tftp.to_string()),
@@ -143,7 +143,7 @@ fn by_hand(machines: &Path, work: &Path, n: usize) -> Duration {
         run_dir: work.join(format!("hand-run-{n}")),
         netns: None,
         // The agent's seccomp filter; the bench starts QEMU itself, as root.
-        confinement: bbot_agent::confine::Confinement {
+        confinement: bbot_agent::vm::confine::Confinement {
             seccomp: true,
             ..Default::default()
         },
@@ -154,7 +154,7 @@ fn by_hand(machines: &Path, work: &Path, n: usize) -> Duration {
     let console = ConsoleLog::record(
         channels.take_console().expect("console"),
         &spec.run_dir.join("console.log"),
-        bbot_agent::console::CAP,
+        bbot_agent::vm::console::CAP,
     )
     .expect("console");
     let mut cmd = Command::new(&spec.qemu);

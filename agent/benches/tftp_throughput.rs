@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bbot_agent::tftp::{Phase, SessionRules, TftpServer};
+use bbot_agent::vm::tftp::{Phase, SessionRules, TftpServer};
 
 const FILE_MIB: usize = 64;
 const BLOCK_SIZES: [u32; 3] = [512, 1428, 65464];

@@ -1,42 +1,20 @@
-//! `bbot-agent` as a library: the build host's control plane (machines on
-//! btrfs, controllers over HTTP, the work loop, signals, systemd), following
+//! `bbot-agent` as a library: the build host's control plane, following
 //! build2's bbot agent. The binary in `main.rs` only parses the command line
-//! and wires these modules together; tests and benchmarks use them directly.
+//! and wires these layers together; tests and benchmarks use them directly.
 //!
-//! Booting real guests lives behind the [`runner::MachineRunner`] seam.
+//! Layers, each calling only downward (ARCHITECTURE.md has the picture):
+//! - [`daemon`]: the process's edge: command line, signals, systemd, logs;
+//! - [`control`]: the work loop, controllers, the result spool, tasks;
+//! - [`host`]: the machines on btrfs, their enumeration and bootstrap, the
+//!   locks that let several instances share them;
+//! - [`vm`]: one guest: the runner seam, QEMU, its network, confinement,
+//!   the guest's TFTP and source servers, the fakes;
+//! - [`base`]: what every layer needs: cancellation, file helpers, versions.
 
 #![warn(missing_docs)]
 
-pub mod auth;
-pub mod btrfs;
-pub mod cancel;
-pub mod cgroup;
-pub mod cli;
-pub mod confine;
-pub mod console;
-pub mod controller;
-pub mod fake;
-pub mod fsutil;
-pub mod guest_services;
-pub mod inflight;
-pub mod iproute;
-pub mod layout;
-pub mod leftovers;
-pub mod logging;
-pub mod machines;
-pub mod mirror;
-pub mod netns;
-pub mod notify;
-pub mod qemu_channels;
-pub mod qemu_runner;
-pub mod qmp;
-pub mod result_check;
-pub mod runner;
-pub mod signals;
-pub mod source_server;
-pub mod spool;
-pub mod task;
-pub mod tftp;
-pub mod version;
+pub mod base;
+pub mod control;
+pub mod daemon;
+pub mod host;
 pub mod vm;
-pub mod work_loop;

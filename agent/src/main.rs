@@ -8,22 +8,21 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 
-use bbot_agent::auth::AgentKey;
-use bbot_agent::cli::{self, Cli};
-use bbot_agent::confine::QemuUser;
-use bbot_agent::controller::{Client, ClientConfig};
-use bbot_agent::fake::{FakeMachineFile, FakeRunner};
-use bbot_agent::inflight::InFlight;
-use bbot_agent::logging;
-use bbot_agent::machines::{Machines, MachinesConfig};
-use bbot_agent::mirror::MirrorConfig;
-use bbot_agent::notify::Notifier;
-use bbot_agent::qemu_runner::{QemuConfig, QemuRunner};
-use bbot_agent::runner::{MachineRunner, NoVmRunner, VmConfig};
-use bbot_agent::signals::Signals;
-use bbot_agent::spool::Spool;
-use bbot_agent::task::TaskConfig;
-use bbot_agent::work_loop::{Agent, Exit, LoopConfig, MachineSource};
+use bbot_agent::control::auth::AgentKey;
+use bbot_agent::control::controller::{Client, ClientConfig};
+use bbot_agent::control::inflight::InFlight;
+use bbot_agent::control::spool::Spool;
+use bbot_agent::control::task::TaskConfig;
+use bbot_agent::control::work_loop::{Agent, Exit, LoopConfig};
+use bbot_agent::daemon::cli::Cli;
+use bbot_agent::daemon::notify::Notifier;
+use bbot_agent::daemon::{instance, logging, signals};
+use bbot_agent::host::machine_source::{FakeMachineFile, MachineSource};
+use bbot_agent::host::machines::{Machines, MachinesConfig};
+use bbot_agent::vm::confine::QemuUser;
+use bbot_agent::vm::fake::FakeRunner;
+use bbot_agent::vm::mirror::MirrorConfig;
+use bbot_agent::vm::qemu_runner::{QemuConfig, QemuRunner, VmConfig};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -65,19 +64,42 @@ fn host_name() -> String {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<Exit> {
-    let signals = Signals::install().context("cannot install signal handlers")?;
+    let signals = signals::install().context("cannot install signal handlers")?;
     let notifier = Notifier::from_env();
     // The longest step that polls nothing is an upload while stopping
     // (bounded by the request timeout); a minute on top for the rest.
     let budget = Duration::from_secs(cli.request_timeout.saturating_add(60));
     let stall = cli.watchdog_stall.map_or(budget, Duration::from_secs);
     notifier.start(stall, signals.stop_token().flag(), budget);
+    let role = if cli.instance_max > 0 && cli.instance > cli.instance_max {
+        " (priority monitor)"
+    } else {
+        ""
+    };
     tracing::info!(
-        "bbot-agent {} starting (toolchain {} #{})",
-        bbot_agent::version::AGENT_VERSION,
+        "bbot-agent {} starting (toolchain {} #{}, instance {}{role})",
+        bbot_agent::base::version::AGENT_VERSION,
         cli.toolchain_name,
-        cli.toolchain_num
+        cli.toolchain_num,
+        cli.instance
     );
+    let dumping = cli.dump_machines || cli.dump_task || cli.dump_result;
+    // This instance's own directory, locked for the process's life: a
+    // second process with the same instance number refuses to start, and
+    // what this directory holds (spool, run directories, TFTP directory,
+    // VM names) is ours alone. `--dump-machines` runs no task VM and may
+    // run beside the service without one; it takes the toolchain and
+    // machine locks like everyone.
+    let _instance_lock = if cli.dump_machines {
+        None
+    } else {
+        Some(instance::claim(
+            &cli.state_dir(),
+            &cli.instance_dir(),
+            cli.instance,
+        )?)
+    };
+    let state = cli.instance_dir();
     let vm = VmConfig {
         cpu: cli.cpu,
         ram_kib: cli.ram,
@@ -85,14 +107,14 @@ fn run(cli: &Cli) -> anyhow::Result<Exit> {
         tftp: cli.tftp.clone(),
         toolchain_name: cli.toolchain_name.clone(),
         toolchain_num: cli.toolchain_num,
+        instance: cli.instance,
     };
     tracing::debug!("VM settings: {vm:?}");
     // Real guests unless both phases are faked (then QEMU and KVM are not
     // needed at all).
-    let real: Box<dyn MachineRunner> = if cli.fake_bootstrap && cli.fake_build {
-        Box::new(NoVmRunner)
+    let runner = if cli.fake_bootstrap && cli.fake_build {
+        FakeRunner::all_fake(Duration::from_secs(cli.fake_build_duration))
     } else {
-        let state = cli.state_dir();
         let qemu = QemuRunner::new(QemuConfig {
             vm,
             qemu: cli.qemu.clone(),
@@ -103,24 +125,26 @@ fn run(cli: &Cli) -> anyhow::Result<Exit> {
             suspend_time: Duration::from_secs(cli.suspend_time),
             run_root: state.join("run"),
             log_dir: state.join("logs"),
-            mirrors: MirrorConfig::under(&state),
+            mirrors: MirrorConfig::under(&cli.state_dir()),
             qemu_user: QemuUser::lookup(&cli.qemu_user).context("--qemu-user")?,
         })
         .context("--accel kvm")?;
-        // Before anything else touches VMs: what a dead predecessor's VMs
-        // left (QEMU, run directories, taps, the task's TFTP directory).
-        let removed = qemu.leftovers().clean();
-        if removed > 0 {
-            tracing::info!("removed {removed} leftover(s) of a dead agent's VMs");
+        if _instance_lock.is_some() {
+            // Before anything else touches VMs: what a dead predecessor of
+            // this instance left (QEMU, run directories, taps, the task's
+            // TFTP directory).
+            let removed = qemu.leftovers().clean();
+            if removed > 0 {
+                tracing::info!("removed {removed} leftover(s) of a dead agent's VMs");
+            }
         }
-        Box::new(qemu)
-    };
-    let runner = FakeRunner::new(
-        cli.fake_bootstrap,
-        cli.fake_build,
-        Duration::from_secs(cli.fake_build_duration),
-        real,
-    )
+        FakeRunner::new(
+            cli.fake_bootstrap,
+            cli.fake_build,
+            Duration::from_secs(cli.fake_build_duration),
+            Box::new(qemu),
+        )
+    }
     .with_build_result(cli.fake_build_result);
     let source = match &cli.fake_machine {
         Some(p) => {
@@ -144,6 +168,8 @@ fn run(cli: &Cli) -> anyhow::Result<Exit> {
                     toolchain_name: cli.toolchain_name.clone(),
                     toolchain_id: cli.toolchain_id.clone().filter(|s| !s.is_empty()),
                     toolchain_num: cli.toolchain_num,
+                    instance: cli.instance,
+                    toolchain_lock: cli.toolchain_lock_file(),
                     bootstrap_timeout: Duration::from_secs(cli.bootstrap_timeout),
                 },
                 &runner,
@@ -163,14 +189,12 @@ fn run(cli: &Cli) -> anyhow::Result<Exit> {
     if let Some(k) = &auth {
         tracing::info!("authenticating with key {}", k.fingerprint());
     }
-    let dumping = cli.dump_machines || cli.dump_task || cli.dump_result;
     let (spool, inflight) = if dumping {
         (None, None)
     } else {
-        let dir = cli.state_dir();
-        let spool = Spool::open(&dir).with_context(|| format!("--state {}", dir.display()))?;
-        let inflight =
-            InFlight::open(&dir).with_context(|| format!("--state {}", dir.display()))?;
+        let dir = &state;
+        let spool = Spool::open(dir).with_context(|| format!("state {}", dir.display()))?;
+        let inflight = InFlight::open(dir).with_context(|| format!("state {}", dir.display()))?;
         // A task a dead predecessor was running becomes an interrupt
         // result, delivered with the spool in the first round.
         let recovered = inflight.recover(&spool, auth.as_deref());
@@ -185,12 +209,13 @@ fn run(cli: &Cli) -> anyhow::Result<Exit> {
         retries: cli.request_retries,
     })?;
     let cfg = LoopConfig {
-        controllers: cli::polling_order(&cli.controllers),
+        controllers: cli.controllers.clone(),
         agent_name: host_name(),
         toolchain_name: cli.toolchain_name.clone(),
         toolchain_version: cli.toolchain_version(),
         task: TaskConfig {
             toolchain_name: cli.toolchain_name.clone(),
+            instance: cli.instance,
             build_timeout: Duration::from_secs(cli.build_timeout),
             trust: cli.trust.clone(),
         },
@@ -200,6 +225,8 @@ fn run(cli: &Cli) -> anyhow::Result<Exit> {
         dump_result: cli.dump_result,
         fake_request: cli.fake_request.clone(),
         auth,
+        instance: cli.instance,
+        instance_max: cli.instance_max,
     };
     let mut agent = Agent::new(
         cfg,
@@ -208,7 +235,7 @@ fn run(cli: &Cli) -> anyhow::Result<Exit> {
         client,
         (spool, inflight),
         signals,
-        notifier.clone(),
+        Box::new(notifier.clone()),
     );
     let exit = agent.run()?;
     if exit == Exit::Stopped {

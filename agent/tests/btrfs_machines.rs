@@ -7,14 +7,14 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bbot_agent::btrfs::{self, BtrfsError};
-use bbot_agent::cancel::Cancel;
-use bbot_agent::fake::FakeRunner;
-use bbot_agent::layout::MANIFEST_FILE;
-use bbot_agent::machines::{Machines, MachinesConfig, MachinesError};
-use bbot_agent::runner::{BootstrapJob, MachineRunner, NoVmRunner, RunnerError, TaskJob};
-use bbot_agent::task::{self, TaskConfig};
-use bbot_agent::version::AGENT_VERSION;
+use bbot_agent::base::cancel::Cancel;
+use bbot_agent::base::version::AGENT_VERSION;
+use bbot_agent::control::task::{self, TaskConfig};
+use bbot_agent::host::btrfs::{self, BtrfsError};
+use bbot_agent::host::layout::MANIFEST_FILE;
+use bbot_agent::host::machines::{Machines, MachinesConfig, MachinesError};
+use bbot_agent::vm::fake::FakeRunner;
+use bbot_agent::vm::runner::{BootstrapJob, MachineRunner, RunnerError, TaskJob};
 use common::btrfs_loop::BtrfsLoop;
 use common::{add_revision, set_link, temporaries};
 use manifests::{
@@ -28,15 +28,17 @@ fn cfg(machines: &Path, toolchain_id: Option<&str>) -> MachinesConfig {
         toolchain_name: "default".into(),
         toolchain_id: toolchain_id.map(str::to_owned),
         toolchain_num: 1,
+        instance: 1,
+        toolchain_lock: machines.join(".bbot-agent-default.lock"),
         bootstrap_timeout: Duration::from_secs(10),
     }
 }
 
 fn fake() -> FakeRunner {
-    FakeRunner::new(true, true, Duration::ZERO, Box::new(NoVmRunner))
+    FakeRunner::all_fake(Duration::ZERO)
 }
 
-fn names(ms: &[bbot_agent::machines::BootstrappedMachine]) -> Vec<String> {
+fn names(ms: &[bbot_agent::host::machines::BootstrappedMachine]) -> Vec<String> {
     let mut v: Vec<String> = ms.iter().map(|m| m.header().name.clone()).collect();
     v.sort();
     v
@@ -93,6 +95,7 @@ fn machines_with_and_without_links() {
 
     // Round 2: nothing to do; remove a link and its bootstrap goes away.
     std::fs::remove_file(m.join("vol/gone/gone-1")).expect("unlink");
+    drop(offered);
     let offered = ms.enumerate().expect("round 2");
     assert_eq!(names(&offered), ["abs", "rel"]);
     assert_eq!(
@@ -363,7 +366,7 @@ impl MachineRunner for TaskProbe {
         _: &BootstrapJob<'_>,
         _: &Cancel,
     ) -> Result<BootstrapManifest, RunnerError> {
-        Ok(bbot_agent::fake::fake_bootstrap_manifest())
+        Ok(bbot_agent::vm::fake::fake_bootstrap_manifest())
     }
     fn run_task(&self, job: &TaskJob<'_>, _: &Cancel) -> Result<ResultManifest, RunnerError> {
         let sv = job.subvolume.expect("a snapshot to boot");
@@ -377,7 +380,7 @@ impl MachineRunner for TaskProbe {
         if job.task.name == "fail" {
             return Err(RunnerError::Failed("VM crashed".into()));
         }
-        Ok(bbot_agent::fake::fake_result(job.task))
+        Ok(bbot_agent::vm::fake::fake_result(job.task))
     }
 }
 
@@ -395,16 +398,21 @@ fn task_runs_on_a_throwaway_snapshot() {
     let mut t: TaskManifest = resp.task.expect("task");
     let tc = TaskConfig {
         toolchain_name: "default".into(),
+        instance: 1,
         build_timeout: Duration::from_secs(5),
         trust: vec!["AB:CD".into()],
     };
     task::apply_trust(&mut t, &tc.trust);
     assert_eq!(t.trust, ["AB:CD"]);
-    let r = task::perform(&t, &offered[0], &TaskProbe, &tc, &Cancel::new());
+    let run_as = task::RunAs {
+        boost: false,
+        observer: &bbot_agent::vm::runner::Unobserved,
+    };
+    let r = task::perform(&t, &offered[0], &TaskProbe, &tc, &run_as, &Cancel::new());
     assert_eq!(r.status, ResultStatus::Success);
     assert_eq!(r.operations.len(), 4, "2 boards x 2 commits");
     t.name = "fail".into();
-    let r = task::perform(&t, &offered[0], &TaskProbe, &tc, &Cancel::new());
+    let r = task::perform(&t, &offered[0], &TaskProbe, &tc, &run_as, &Cancel::new());
     assert_eq!(r.status, ResultStatus::Abnormal);
     assert!(temporaries(&m).is_empty(), "task snapshots deleted");
     assert!(

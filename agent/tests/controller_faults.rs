@@ -123,7 +123,7 @@ fn a_result_refused_for_good_is_moved_aside_not_retried() {
     let ru = results.url("/result");
     let tasks = one_task("linux", &ru, "refused");
     let mut a = AgentProc::spawn(&s.args_retrying(4, &["--idle-sleep", "1", &tasks.url("/")]));
-    let rejected = s.state().join("results/rejected");
+    let rejected = s.instance_state().join("results/rejected");
     wait_for("the entry moved to rejected/", WAIT, || {
         std::fs::read_dir(&rejected)
             .ok()?

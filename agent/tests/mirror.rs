@@ -12,9 +12,9 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bbot_agent::cancel::Cancel;
-use bbot_agent::mirror::{self, MirrorConfig, MirrorError};
-use bbot_agent::source_server::SourceServer;
+use bbot_agent::base::cancel::Cancel;
+use bbot_agent::vm::mirror::{self, MirrorConfig, MirrorError};
+use bbot_agent::vm::source_server::SourceServer;
 use common::vm::GitDaemon;
 
 fn git(dir: &Path, args: &[&str]) -> String {

@@ -46,7 +46,7 @@ fn sigterm_during_task_interrupts_cleanly() {
     wait_for("task request", WAIT, || tasks.requests().first().cloned());
     // After the request the only temporary subvolume is the task's snapshot.
     let snap = wait_for("task snapshot", WAIT, || temporaries(&m).pop());
-    assert!(bbot_agent::btrfs::is_subvolume(&snap));
+    assert!(bbot_agent::host::btrfs::is_subvolume(&snap));
     let started = std::time::Instant::now();
     let log = a.stop();
     assert!(started.elapsed() < Duration::from_secs(10), "prompt stop");

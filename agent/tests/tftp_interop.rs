@@ -2,7 +2,7 @@
 //! curl, for GET, PUT, the blksize option, and every way a guest might try
 //! to leave its directories.
 
-use bbot_agent::tftp::{Phase, SessionRules, TftpEvent, TftpServer};
+use bbot_agent::vm::tftp::{Phase, SessionRules, TftpEvent, TftpServer};
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! (curl) and raw packets: a hostile guest gets its task and can hand in
 //! one result, within quotas, and nobody else is served.
 
-use bbot_agent::tftp::{Phase, SessionRules, TftpEvent, TftpServer};
+use bbot_agent::vm::tftp::{Phase, SessionRules, TftpEvent, TftpServer};
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::path::{Path, PathBuf};

@@ -102,7 +102,7 @@ fn sigkilled_agents_lose_no_task_and_leak_nothing() {
     std::fs::create_dir_all(&toolchain_dir).expect("toolchain dir");
     std::fs::write(toolchain_dir.join("behaviour"), "builds\n").expect("behaviour");
     let state = work.path().join(format!("state-{TC}"));
-    let run = state.join("run");
+    let run = state.join("instance-1/run");
 
     let repo = vm::TinyRepo::serve(work.path(), None);
     let repo_url = repo.url.clone();
@@ -296,7 +296,7 @@ fn sigkilled_agents_lose_no_task_and_leak_nothing() {
         .join("default")
         .join(MACHINE)
         .join(format!("{MACHINE}-{TC}"));
-    let manifest = std::fs::read(xp.join(bbot_agent::layout::MANIFEST_FILE))
+    let manifest = std::fs::read(xp.join(bbot_agent::host::layout::MANIFEST_FILE))
         .expect("bootstrapped machine manifest");
     manifests::BootstrappedMachineManifest::parse(&manifest, "bootstrapped").expect("whole");
 }

@@ -124,10 +124,10 @@ fn run_case(fs: &Path, work: &Path, case: &Case<'_>) -> (ResultRequestManifest, 
     );
     assert_eq!(vm::cgroups_of(&tc), Vec::<String>::new(), "cgroup left");
     assert!(
-        !tftp.join("build").join(&tc).exists(),
+        !tftp.join("build").join(&tc).join("1").exists(),
         "TFTP build directory left"
     );
-    let run = state.join("run");
+    let run = state.join("instance-1/run");
     assert!(
         fs::read_dir(&run).map_or(true, |mut d| d.next().is_none()),
         "run directory (QMP socket) left in {}",
@@ -169,9 +169,9 @@ fn killed_agent_leaves_nothing(fs: &Path, work: &Path) {
     });
     // What SIGKILL skipped is still there ...
     assert_eq!(common::temporaries(fs).len(), 1, "the task's snapshot");
-    let run = state.join("run");
+    let run = state.join("instance-1/run");
     assert_eq!(fs::read_dir(&run).map(|d| d.count()).unwrap_or(0), 1);
-    assert!(tftp.join("build").join(tc).exists());
+    assert!(tftp.join("build").join(tc).join("1").exists());
     assert_eq!(vm::netns_of(tc).len(), 1, "the guest's network namespace");
     assert!(!vm::cgroups_of(tc).is_empty(), "the VM's cgroup");
     assert!(ctl.requests_to("/result").is_empty());
@@ -199,7 +199,7 @@ fn killed_agent_leaves_nothing(fs: &Path, work: &Path) {
         "run directory left:\n{log}"
     );
     assert!(
-        !tftp.join("build").join(tc).exists(),
+        !tftp.join("build").join(tc).join("1").exists(),
         "TFTP directory left:\n{log}"
     );
     assert!(log.contains("removed leftover run directory"), "{log}");

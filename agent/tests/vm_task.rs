@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use bbot_agent::tftp::{Phase, SessionRules, TftpServer};
+use bbot_agent::vm::tftp::{Phase, SessionRules, TftpServer};
 use common::agent::AgentProc;
 use common::btrfs_loop::BtrfsLoop;
 use common::controller::{Reply, TestController};

@@ -156,9 +156,13 @@ impl Scratch {
     pub fn state(&self) -> std::path::PathBuf {
         self.dir.path().join("state")
     }
+    /// Instance 1's own state directory inside `--state`.
+    pub fn instance_state(&self) -> std::path::PathBuf {
+        self.state().join("instance-1")
+    }
     /// Results waiting in the spool.
     pub fn spooled(&self) -> usize {
-        std::fs::read_dir(self.state().join("results"))
+        std::fs::read_dir(self.instance_state().join("results"))
             .map(|d| {
                 d.flatten()
                     .filter(|e| e.file_name().to_string_lossy().ends_with(".manifest"))

@@ -10,9 +10,9 @@ pub mod vm;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bbot_agent::btrfs;
-use bbot_agent::layout::{MachineDir, MANIFEST_FILE};
-use bbot_agent::version::BOOTSTRAP_PROTOCOL;
+use bbot_agent::base::version::BOOTSTRAP_PROTOCOL;
+use bbot_agent::host::btrfs;
+use bbot_agent::host::layout::{MachineDir, MANIFEST_FILE};
 
 /// Machine manifest text for revision `id` of machine `name`.
 pub fn machine_manifest(name: &str, id: &str) -> String {

@@ -9,15 +9,17 @@ use std::time::Duration;
 
 use manifests::{sanitize_text, OperationResult, ResultManifest, ResultStatus, TaskManifest};
 
-use crate::cancel::Cancel;
-use crate::machines::{BootstrappedMachine, TempSubvolume};
-use crate::runner::{MachineRunner, RunnerError, TaskJob};
+use crate::base::cancel::Cancel;
+use crate::host::machines::{BootstrappedMachine, TempSubvolume};
+use crate::vm::runner::{MachineRunner, RunnerError, TaskJob, TaskObserver};
 
 /// What performing a task needs besides the task and the machine.
 #[derive(Debug, Clone)]
 pub struct TaskConfig {
     /// `--toolchain-name` (temporary snapshots are `<name>-<toolchain>-...`).
     pub toolchain_name: String,
+    /// `--instance` (in temporary snapshot names).
+    pub instance: u16,
     /// `--build-timeout`.
     pub build_timeout: Duration,
     /// `--trust` fingerprints; when non-empty they replace the task's list.
@@ -42,6 +44,15 @@ pub fn status_result(task: &TaskManifest, status: ResultStatus) -> ResultManifes
     r
 }
 
+/// How one task runs beyond the agent's settings: the controller's boost
+/// flag, and who hears of a suspended VM.
+pub struct RunAs<'a> {
+    /// Every hardware thread for the VM (the `F` digit).
+    pub boost: bool,
+    /// Told when the VM is suspended (the machine lock's record).
+    pub observer: &'a dyn TaskObserver,
+}
+
 /// Runs `task` on `machine` and returns its result. The temporary snapshot is
 /// deleted before this returns, whatever happened.
 pub fn perform(
@@ -49,17 +60,21 @@ pub fn perform(
     machine: &BootstrappedMachine,
     runner: &dyn MachineRunner,
     cfg: &TaskConfig,
+    how: &RunAs<'_>,
     cancel: &Cancel,
 ) -> ResultManifest {
     // Snapshot the bootstrapped machine (not with --fake-machine: nothing to copy).
     let snapshot = match &machine.dir {
-        Some(md) => match TempSubvolume::snapshot(&machine.path, md.temp(&cfg.toolchain_name)) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::error!("task {} {}: {e}", task.name, task.version);
-                return status_result(task, ResultStatus::Abnormal);
+        Some(md) => {
+            match TempSubvolume::snapshot(&machine.path, md.temp(&cfg.toolchain_name, cfg.instance))
+            {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!("task {} {}: {e}", task.name, task.version);
+                    return status_result(task, ResultStatus::Abnormal);
+                }
             }
-        },
+        }
         None => None,
     };
     let job = TaskJob {
@@ -67,6 +82,8 @@ pub fn perform(
         machine: &machine.manifest,
         subvolume: snapshot.as_ref().map(TempSubvolume::path),
         timeout: cfg.build_timeout,
+        boost: how.boost,
+        observer: how.observer,
     };
     let outcome = runner.run_task(&job, cancel);
     if let Some(s) = snapshot {

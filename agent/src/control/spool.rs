@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use manifests::{parse_stream, serialize_stream, Document, Manifest, ResultRequestManifest};
 
-use crate::fsutil;
+use crate::base::fsutil;
 
 const SUFFIX: &str = ".manifest";
 const HEADER_NAME: &str = "result-url";

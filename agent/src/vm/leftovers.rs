@@ -9,16 +9,20 @@
 //! other reason) must not keep running on a snapshot the restarted agent
 //! deletes. Temporary snapshots are `machines::Machines::clean_leftovers`'s.
 //!
-//! Ownership is by name: a run directory is `<machine>-<agent pid>-<n>`
-//! under this instance's `--state`, a tap is `bbot<toolchain-num>t<n>`, a
-//! guest's network namespace and cgroup `bbot-<toolchain>-<num>-<pid>-<n>`, the TFTP
-//! directory is `build/<toolchain-name>`; anything of a pid that is
-//! not a live `bbot-agent` is a leftover.
+//! Ownership is by name, and every name carries the instance (PROTOCOLS.md
+//! section 4a): a run directory is `<machine>-<agent pid>-<n>` under this
+//! instance's state directory, a tap is `bbot<toolchain-num>i<instance>t<n>`,
+//! a guest's network namespace and cgroup
+//! `bbot-<toolchain>-<num>-<instance>-<pid>-<n>`, the TFTP directory
+//! `build/<toolchain-name>/<instance>`. Only this instance's names are
+//! looked at, and only while it holds its instance lock, so nothing of a
+//! live agent is touched; within them, anything of a pid that is not a live
+//! `bbot-agent` is a leftover.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::fsutil;
+use crate::base::fsutil;
 
 /// Where one agent instance keeps its VMs' things.
 #[derive(Debug, Clone)]
@@ -27,12 +31,12 @@ pub struct VmLeftovers {
     pub run_root: PathBuf,
     /// Where console logs are kept (`<state>/logs`).
     pub log_dir: PathBuf,
-    /// The task's TFTP directory (`<tftp>/build/<toolchain-name>`).
+    /// The task's TFTP directory (`<tftp>/build/<toolchain-name>/<instance>`).
     pub tftp_build_dir: PathBuf,
-    /// Tap name prefix (`bbot<toolchain-num>t`) when VMs use `--bridge`.
+    /// Tap name prefix (`bbot<toolchain-num>i<instance>t`) when VMs use `--bridge`.
     pub tap_prefix: Option<String>,
     /// Name prefix of the VMs' network namespaces and cgroups
-    /// (`bbot-<toolchain>-<num>-`).
+    /// (`bbot-<toolchain>-<num>-<instance>-`).
     pub vm_prefix: String,
 }
 
@@ -57,8 +61,8 @@ impl VmLeftovers {
         if let Some(prefix) = &self.tap_prefix {
             n += clean_taps(prefix);
         }
-        n += crate::netns::clean_leftovers(&self.vm_prefix);
-        n += crate::cgroup::clean_leftovers(&self.vm_prefix);
+        n += crate::vm::netns::clean_leftovers(&self.vm_prefix);
+        n += crate::vm::cgroup::clean_leftovers(&self.vm_prefix);
         if self.tftp_build_dir.exists() {
             match std::fs::remove_dir_all(&self.tftp_build_dir) {
                 Ok(()) => {
@@ -183,7 +187,7 @@ fn kill_and_wait(pid: u32) {
 fn clean_taps(prefix: &str) -> usize {
     let mut n = 0;
     for name in fsutil::numbered_names(Path::new("/sys/class/net"), prefix) {
-        match crate::iproute::ip(&["link", "delete", "dev", &name]) {
+        match crate::vm::iproute::ip(&["link", "delete", "dev", &name]) {
             Ok(()) => {
                 tracing::info!("deleted leftover tap {name}");
                 n += 1;

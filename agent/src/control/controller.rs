@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use manifests::{Document, TaskManifest, TaskRequestManifest, TaskResponseManifest};
 
-use crate::cancel::{Cancel, POLL_INTERVAL};
-use crate::cli::ControllerUrl;
-use crate::version::AGENT_VERSION;
+use crate::base::cancel::{Cancel, POLL_INTERVAL};
+use crate::base::version::AGENT_VERSION;
+use crate::control::controller_url::ControllerUrl;
 
 /// Content type of every manifest body, both ways.
 pub const MANIFEST_CONTENT_TYPE: &str = "text/manifest";
@@ -310,6 +310,10 @@ pub fn check_result_url(url: &str) -> Result<(), ControllerError> {
 pub struct Received {
     /// The controller that gave it.
     pub controller: String,
+    /// That controller's priority (section 4a).
+    pub priority: crate::base::priority::Priority,
+    /// That controller's boost flag.
+    pub boost: bool,
     /// The full response (session, challenge, result URL).
     pub response: TaskResponseManifest,
     /// The task itself.
@@ -355,6 +359,8 @@ pub fn poll(
         );
         return Some(Received {
             controller: c.url.clone(),
+            priority: c.priority,
+            boost: c.boost(),
             response: resp,
             task,
         });

@@ -21,11 +21,11 @@ use manifests::{
     ResultStatus, TaskResponseManifest,
 };
 
-use crate::auth::AgentKey;
-use crate::fsutil;
-use crate::spool::Spool;
-use crate::task::{status_result, MACHINE_OPERATION};
-use crate::work_loop::answer_challenge;
+use crate::base::fsutil;
+use crate::control::auth::AgentKey;
+use crate::control::spool::Spool;
+use crate::control::task::{status_result, MACHINE_OPERATION};
+use crate::control::work_loop::answer_challenge;
 
 const PID_NAME: &str = "agent-pid";
 const SUFFIX: &str = ".manifest";

@@ -12,9 +12,9 @@
 //! manifest's relative `options` paths resolve there. A `Vm` that is
 //! dropped while not `Exited` is forced down.
 
-use crate::iproute::ip;
-use crate::qemu_channels::Channels;
-use crate::qmp::{QmpClient, QmpError};
+use crate::vm::iproute::ip;
+use crate::vm::qemu_channels::Channels;
+use crate::vm::qmp::{QmpClient, QmpError};
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -108,9 +108,9 @@ pub struct VmSpec {
     pub run_dir: PathBuf,
     /// The network namespace QEMU runs in (user networking: the guest
     /// reaches only what the agent serves there), or the agent's own.
-    pub netns: Option<std::sync::Arc<crate::netns::GuestNetns>>,
+    pub netns: Option<std::sync::Arc<crate::vm::netns::GuestNetns>>,
     /// The QEMU user, seccomp filter and cgroup QEMU runs under.
-    pub confinement: crate::confine::Confinement,
+    pub confinement: crate::vm::confine::Confinement,
 }
 
 /// Where a guest is in its life.
@@ -181,7 +181,7 @@ pub struct Vm {
     console_log: PathBuf,
     /// Records the console while QEMU runs; finished when the Vm is dropped
     /// (after QEMU, whose exit closes the console).
-    console: Option<crate::console::ConsoleLog>,
+    console: Option<crate::vm::console::ConsoleLog>,
     qemu_log: PathBuf,
     /// The tap device this VM owns (bridge networking), deleted when QEMU
     /// is gone.
@@ -294,7 +294,7 @@ impl Vm {
         let qemu_log = spec.run_dir.join("qemu.log");
         let log = File::create(&qemu_log).map_err(io_err(&qemu_log))?;
         let log2 = log.try_clone().map_err(io_err(&qemu_log))?;
-        let confined = |e: crate::confine::ConfineError| VmError::Confinement(e.to_string());
+        let confined = |e: crate::vm::confine::ConfineError| VmError::Confinement(e.to_string());
         spec.confinement
             .hand_over(&[&spec.machine_dir])
             .map_err(confined)?;
@@ -319,9 +319,12 @@ impl Vm {
                     path: console_log.clone(),
                     source: std::io::Error::other("no console channel"),
                 })?;
-                let console =
-                    crate::console::ConsoleLog::record(end, &console_log, crate::console::CAP)
-                        .map_err(io_err(&console_log))?;
+                let console = crate::vm::console::ConsoleLog::record(
+                    end,
+                    &console_log,
+                    crate::vm::console::CAP,
+                )
+                .map_err(io_err(&console_log))?;
                 Ok((channels, console))
             });
         let (channels, console) = match opened {

@@ -18,7 +18,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::iproute::ip;
+use crate::vm::iproute::ip;
 
 /// Where `ip netns` keeps its namespaces.
 const NETNS_DIR: &str = "/run/netns";
@@ -40,9 +40,10 @@ pub struct GuestNetns {
     file: File,
 }
 
-/// The name prefix of toolchain `toolchain`'s instance `num`.
-pub fn name_prefix(toolchain: &str, num: u16) -> String {
-    format!("bbot-{toolchain}-{num}-")
+/// The name prefix of the VMs of toolchain `toolchain` (`--toolchain-num`
+/// `num`), instance `instance`; the agent's pid and a counter follow.
+pub fn name_prefix(toolchain: &str, num: u16, instance: u16) -> String {
+    format!("bbot-{toolchain}-{num}-{instance}-")
 }
 
 impl GuestNetns {
@@ -151,7 +152,8 @@ impl Drop for GuestNetns {
 /// returns how many.
 pub fn clean_leftovers(prefix: &str) -> usize {
     let mut n = 0;
-    for name in crate::fsutil::names_of_other_agents(std::path::Path::new(NETNS_DIR), prefix) {
+    for name in crate::base::fsutil::names_of_other_agents(std::path::Path::new(NETNS_DIR), prefix)
+    {
         match ip(&["netns", "delete", &name]) {
             Ok(()) => {
                 tracing::info!("deleted leftover network namespace {name}");

@@ -16,6 +16,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use manifests::{
@@ -23,12 +24,14 @@ use manifests::{
     ToolchainManifest,
 };
 
-use crate::btrfs::{self, BtrfsError};
-use crate::cancel::Cancel;
-use crate::fsutil;
-use crate::layout::{self, LayoutError, MachineDir, MANIFEST_FILE};
-use crate::runner::{BootstrapJob, MachineRunner, RunnerError};
-use crate::version::{self, BootstrappedBy, AGENT_PACKAGE, AGENT_VERSION};
+use crate::base::cancel::Cancel;
+use crate::base::fsutil;
+use crate::base::priority::Priority;
+use crate::base::version::{self, BootstrappedBy, AGENT_PACKAGE, AGENT_VERSION};
+use crate::host::btrfs::{self, BtrfsError};
+use crate::host::layout::{self, LayoutError, MachineDir, MANIFEST_FILE};
+use crate::host::locks::{self, HoldFor, Holder, LockError, LockFile};
+use crate::vm::runner::{BootstrapJob, MachineRunner, RunnerError};
 
 /// How many times the link is resolved and snapshotted again when the admin
 /// swaps revisions under our feet.
@@ -48,6 +51,10 @@ pub struct MachinesConfig {
     pub toolchain_id: Option<String>,
     /// `--toolchain-num`, mixed into generated MAC addresses.
     pub toolchain_num: u16,
+    /// `--instance`: recorded in machine locks and temporary snapshot names.
+    pub instance: u16,
+    /// The toolchain lock (`--toolchain-lock`).
+    pub toolchain_lock: PathBuf,
     /// `--bootstrap-timeout`.
     pub bootstrap_timeout: Duration,
 }
@@ -72,6 +79,9 @@ pub struct BootstrappedMachine {
     pub dir: Option<MachineDir>,
     /// The bootstrapped machine manifest.
     pub manifest: BootstrappedMachineManifest,
+    /// Its machine lock, held by this instance since enumeration (`None`
+    /// for `--fake-machine`, and for a machine a monitor saw busy).
+    pub lock: Option<Arc<LockFile>>,
 }
 
 impl BootstrappedMachine {
@@ -79,6 +89,24 @@ impl BootstrappedMachine {
     pub fn header(&self) -> &MachineHeader {
         &self.manifest.machine.header
     }
+
+    /// Records in its machine lock why this instance holds it.
+    pub fn record(&self, holder: &Holder) {
+        if let Some(l) = &self.lock {
+            l.record(holder);
+        }
+    }
+}
+
+/// A machine another instance holds, as a priority monitor sees it.
+#[derive(Debug, Clone)]
+pub struct HeldMachine {
+    /// The machine (without a lock: it is not ours).
+    pub machine: BootstrappedMachine,
+    /// Its lock file.
+    pub lock_path: PathBuf,
+    /// Who holds it and why.
+    pub holder: Holder,
 }
 
 /// A failure that stops the whole enumeration (as opposed to one machine).
@@ -93,6 +121,18 @@ pub enum MachinesError {
     /// A stop was requested in the middle of the round.
     #[error("interrupted")]
     Interrupted,
+    /// The toolchain lock cannot be taken.
+    #[error(transparent)]
+    Lock(LockError),
+}
+
+impl From<LockError> for MachinesError {
+    fn from(e: LockError) -> Self {
+        match e {
+            LockError::Interrupted(_) => MachinesError::Interrupted,
+            e => MachinesError::Lock(e),
+        }
+    }
 }
 
 /// Why one machine is skipped this round (logged, the round goes on).
@@ -239,55 +279,101 @@ impl<'a> Machines<'a> {
         Ok(btrfs::check_filesystem(&self.cfg.machines)?)
     }
 
-    /// Deletes temporary snapshots of this toolchain left by a crashed agent
-    /// (their pid is no longer a running bbot-agent). Run once at start, before
-    /// anything else touches the machines. Returns how many were deleted.
+    /// Takes the toolchain lock, waiting (and saying so once) while
+    /// another instance enumerates or bootstraps.
+    pub fn toolchain_lock(&self) -> Result<LockFile, MachinesError> {
+        let path = &self.cfg.toolchain_lock;
+        Ok(LockFile::acquire(path, &self.cancel, |_| {
+            tracing::info!(
+                "waiting for toolchain lock {} (another instance enumerates or bootstraps)",
+                path.display()
+            )
+        })?)
+    }
+
+    /// Deletes temporary snapshots of this toolchain that nobody owns: those
+    /// of machines whose lock is free (held locks are skipped: their
+    /// snapshots are in use). Run at start under the toolchain lock; every
+    /// round does the same for the machines it locks. Returns how many
+    /// were deleted.
     pub fn clean_leftovers(&self) -> Result<usize, MachinesError> {
-        let me = std::process::id();
+        let _toolchain = self.toolchain_lock()?;
         let mut n = 0;
         for md in layout::machine_dirs(&self.cfg.machines)? {
-            let temps = match md.temporaries(&self.cfg.toolchain_name) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    continue;
-                }
-            };
-            for (path, pid) in temps {
-                if pid == me || fsutil::process_alive(pid, "bbot-agent") {
-                    tracing::warn!(
-                        "{}: belongs to running agent {pid}; leaving it",
-                        path.display()
-                    );
-                    continue;
-                }
-                let r = if btrfs::is_subvolume(&path) {
-                    btrfs::delete(&path).map_err(|e| e.to_string())
-                } else {
-                    std::fs::remove_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))
-                };
-                match r {
-                    Ok(()) => {
-                        tracing::info!("deleted leftover temporary snapshot {}", path.display());
-                        n += 1;
-                    }
-                    Err(e) => tracing::error!("cannot delete leftover: {e}"),
-                }
+            match LockFile::try_acquire(&md.lock_file(&self.cfg.toolchain_name)) {
+                Ok(Some(_lock)) => n += self.delete_temporaries(&md),
+                Ok(None) => tracing::debug!(
+                    "{}: in use; its snapshots are not leftovers",
+                    md.dir.display()
+                ),
+                Err(e) => tracing::error!("{e}"),
             }
         }
         Ok(n)
     }
 
-    /// One round: walks every machine, bootstraps what needs it, returns what
-    /// can be offered. Problems with one machine are logged and skip it.
+    /// Deletes every temporary snapshot of this toolchain in `md`; the
+    /// caller holds its machine lock.
+    fn delete_temporaries(&self, md: &MachineDir) -> usize {
+        let temps = match md.temporaries(&self.cfg.toolchain_name) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!("{e}");
+                return 0;
+            }
+        };
+        let mut n = 0;
+        for path in temps {
+            let r = if btrfs::is_subvolume(&path) {
+                btrfs::delete(&path).map_err(|e| e.to_string())
+            } else {
+                std::fs::remove_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))
+            };
+            match r {
+                Ok(()) => {
+                    tracing::info!("deleted leftover temporary snapshot {}", path.display());
+                    n += 1;
+                }
+                Err(e) => tracing::error!("cannot delete leftover: {e}"),
+            }
+        }
+        n
+    }
+
+    /// One round: under the toolchain lock, walks every machine this
+    /// instance can lock, bootstraps what needs it, and returns what can be
+    /// offered, each with its machine lock held (machines other instances
+    /// hold are skipped). Problems with one machine are logged and skip it.
     pub fn enumerate(&self) -> Result<Vec<BootstrappedMachine>, MachinesError> {
+        let _toolchain = self.toolchain_lock()?;
+        let tc = &self.cfg.toolchain_name;
         let mut out = Vec::new();
         for md in layout::machine_dirs(&self.cfg.machines)? {
             if self.cancel.is_cancelled() {
                 return Err(MachinesError::Interrupted);
             }
-            match self.machine(&md) {
-                Ok(Some(m)) => out.push(m),
+            let lock = match LockFile::try_acquire(&md.lock_file(tc)) {
+                Ok(Some(l)) => l,
+                Ok(None) => {
+                    tracing::debug!(
+                        "machine {}/{}: held by another instance",
+                        md.volume,
+                        md.name
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!("machine {}/{}: {e}", md.volume, md.name);
+                    continue;
+                }
+            };
+            self.delete_temporaries(&md);
+            match self.machine(&md, &lock) {
+                Ok(Some(mut m)) => {
+                    lock.record(&Holder::me(self.cfg.instance, HoldFor::Offer, Priority(0)));
+                    m.lock = Some(Arc::new(lock));
+                    out.push(m)
+                }
                 Ok(None) => {}
                 Err(MachineError::Bootstrap(RunnerError::Interrupted)) => {
                     return Err(MachinesError::Interrupted)
@@ -298,8 +384,46 @@ impl<'a> Machines<'a> {
         Ok(out)
     }
 
+    /// The bootstrapped machines other instances hold now, with what their
+    /// locks record (for a priority monitor). Free machines, and those
+    /// whose record is not readable yet, are not listed.
+    pub fn held(&self) -> Result<Vec<HeldMachine>, MachinesError> {
+        let tc = &self.cfg.toolchain_name;
+        let mut out = Vec::new();
+        for md in layout::machine_dirs(&self.cfg.machines)? {
+            let lock_path = md.lock_file(tc);
+            let Some(holder) = locks::holder(&lock_path) else {
+                continue;
+            };
+            let xp = md.bootstrapped(tc);
+            let manifest =
+                match read_manifest::<BootstrappedMachineManifest>(&xp.join(MANIFEST_FILE)) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::debug!("{}: {e}", xp.display());
+                        continue;
+                    }
+                };
+            out.push(HeldMachine {
+                machine: BootstrappedMachine {
+                    path: xp,
+                    dir: Some(md.clone()),
+                    manifest,
+                    lock: None,
+                },
+                lock_path,
+                holder,
+            });
+        }
+        Ok(out)
+    }
+
     /// Steps 1-5 of section 4 for one machine directory.
-    fn machine(&self, md: &MachineDir) -> Result<Option<BootstrappedMachine>, MachineError> {
+    fn machine(
+        &self,
+        md: &MachineDir,
+        lock: &LockFile,
+    ) -> Result<Option<BootstrappedMachine>, MachineError> {
         let tc = &self.cfg.toolchain_name;
         let xp = md.bootstrapped(tc);
         for attempt in 1..=MAX_ATTEMPTS {
@@ -343,6 +467,7 @@ impl<'a> Machines<'a> {
                             path: xp,
                             dir: Some(md.clone()),
                             manifest: *b,
+                            lock: None,
                         }))
                     }
                     Ok(Currency::Newer) => return Ok(None),
@@ -354,7 +479,7 @@ impl<'a> Machines<'a> {
                 btrfs::delete(&xp)?;
             }
             // 2 and 4: snapshot the revision, bootstrap, rename into place.
-            let tmp = match TempSubvolume::snapshot(&target, md.temp(tc)) {
+            let tmp = match TempSubvolume::snapshot(&target, md.temp(tc, self.cfg.instance)) {
                 Ok(t) => t,
                 Err(e) if !last => {
                     tracing::debug!("snapshot failed ({e}); retrying");
@@ -363,6 +488,11 @@ impl<'a> Machines<'a> {
                 }
                 Err(e) => return Err(e.into()),
             };
+            lock.record(&Holder::me(
+                self.cfg.instance,
+                HoldFor::Bootstrap,
+                Priority(0),
+            ));
             return self.bootstrap(md, tmp, &xp).map(Some);
         }
         Err(MachineError::Unstable(md.link()))
@@ -463,6 +593,7 @@ impl<'a> Machines<'a> {
             path: xp.to_path_buf(),
             dir: Some(md.clone()),
             manifest: bm,
+            lock: None,
         })
     }
 }

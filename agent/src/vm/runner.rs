@@ -1,6 +1,7 @@
 //! The `Machine` seam: what the agent needs from "something that boots a
 //! machine", so that the bookkeeping (subvolumes, controllers, results) is the
-//! same whether the guest is real (QEMU, next issue) or faked (`--fake-*`).
+//! same whether the guest is real (QEMU, [`crate::vm::qemu_runner`]) or faked
+//! (`--fake-*`, [`crate::vm::fake`]).
 //!
 //! Contract for implementations:
 //! - they boot from the subvolume they are given and never touch any other;
@@ -10,7 +11,7 @@
 //!   snapshot and reports an `interrupt` result);
 //! - timeouts are theirs to enforce and are reported as [`RunnerError::Timeout`].
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use manifests::{
@@ -18,26 +19,7 @@ use manifests::{
     TaskManifest,
 };
 
-use crate::cancel::Cancel;
-
-/// Host-side VM settings from the command line, handed to a runner when it is
-/// built (the QEMU runner needs all of them; fakes ignore them).
-#[derive(Debug, Clone)]
-pub struct VmConfig {
-    /// CPUs per VM (`--cpu`).
-    pub cpu: u16,
-    /// RAM per VM in KiB (`--ram`).
-    pub ram_kib: u64,
-    /// Bridge for the VM's network (`--bridge`); user-mode networking when
-    /// absent.
-    pub bridge: Option<String>,
-    /// TFTP root (`--tftp`); see PROTOCOLS.md section 5 for the per-phase mapping.
-    pub tftp: PathBuf,
-    /// Toolchain name, which selects the TFTP subdirectories.
-    pub toolchain_name: String,
-    /// Toolchain instance number on this host (distinguishes VMs of several agents).
-    pub toolchain_num: u16,
-}
+use crate::base::cancel::Cancel;
 
 /// One bootstrap: boot `subvolume` (a fresh writable snapshot of the machine's
 /// current revision), let the guest bootstrap, wait for a clean shutdown.
@@ -53,9 +35,23 @@ pub struct BootstrapJob<'a> {
     pub timeout: Duration,
 }
 
+/// What a runner tells its caller while a task runs.
+pub trait TaskObserver: Send + Sync {
+    /// The guest missed a deadline and its VM is now suspended for
+    /// investigation (a suspended machine is never a priority victim).
+    fn suspended(&self);
+}
+
+/// An observer that is not interested.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Unobserved;
+
+impl TaskObserver for Unobserved {
+    fn suspended(&self) {}
+}
+
 /// One task: boot `subvolume` (a throw-away snapshot of `<name>-<toolchain>`),
 /// hand the guest the task, collect its result, force the VM down.
-#[derive(Debug)]
 pub struct TaskJob<'a> {
     /// The task as received (after `--trust` was applied).
     pub task: &'a TaskManifest,
@@ -65,6 +61,23 @@ pub struct TaskJob<'a> {
     pub subvolume: Option<&'a Path>,
     /// `--build-timeout`.
     pub timeout: Duration,
+    /// The controller's boost flag: the VM gets every hardware thread of
+    /// the host instead of `--cpu`.
+    pub boost: bool,
+    /// Told when the VM is suspended.
+    pub observer: &'a dyn TaskObserver,
+}
+
+impl std::fmt::Debug for TaskJob<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskJob")
+            .field("task", &self.task.name)
+            .field("machine", &self.machine.machine.header.name)
+            .field("subvolume", &self.subvolume)
+            .field("timeout", &self.timeout)
+            .field("boost", &self.boost)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a runner did not produce what was asked.
@@ -89,8 +102,8 @@ pub enum RunnerError {
     Failed(String),
 }
 
-/// Boots machines for bootstraps and tasks. Implemented by the fakes now and by
-/// the QEMU runner in the VM issue.
+/// Boots machines for bootstraps and tasks: the QEMU runner, and the fakes
+/// that stand in for it in either phase.
 pub trait MachineRunner: Send + Sync {
     /// Bootstraps the machine in `job.subvolume` and returns the bootstrap
     /// manifest the guest uploaded (`<package>-version` pairs).
@@ -104,27 +117,4 @@ pub trait MachineRunner: Send + Sync {
     /// caller fixes up name/version and turns errors into `abnormal` /
     /// `interrupt` results.
     fn run_task(&self, job: &TaskJob<'_>, cancel: &Cancel) -> Result<ResultManifest, RunnerError>;
-}
-
-/// The runner used when no VM support is available: every request fails with a
-/// clear message pointing at the `--fake-*` options.
-#[derive(Debug, Default)]
-pub struct NoVmRunner;
-
-impl MachineRunner for NoVmRunner {
-    fn bootstrap(
-        &self,
-        _: &BootstrapJob<'_>,
-        _: &Cancel,
-    ) -> Result<BootstrapManifest, RunnerError> {
-        Err(RunnerError::Unsupported(
-            "booting machines is not available in this build; use --fake-bootstrap".into(),
-        ))
-    }
-
-    fn run_task(&self, _: &TaskJob<'_>, _: &Cancel) -> Result<ResultManifest, RunnerError> {
-        Err(RunnerError::Unsupported(
-            "booting machines is not available in this build; use --fake-build".into(),
-        ))
-    }
 }

@@ -5,7 +5,7 @@
 //! repository of the host can be named.
 //!
 //! The listener is bound where only this guest can reach it (its network
-//! namespace; see [`crate::netns`]). Connections from any address but the
+//! namespace; see [`crate::vm::netns`]). Connections from any address but the
 //! one the guest's TFTP session was pinned to are closed. At most
 //! [`MAX_CONNECTIONS`] run at once, each under git daemon's own timeouts,
 //! and all are killed when the server stops.
@@ -174,6 +174,6 @@ fn serve(stream: TcpStream, base: &Path) -> io::Result<Child> {
     .stdout(Stdio::from(fd2))
     .stderr(Stdio::null())
     .process_group(0);
-    crate::vm::die_with_agent(&mut cmd);
+    crate::vm::lifecycle::die_with_agent(&mut cmd);
     cmd.spawn()
 }

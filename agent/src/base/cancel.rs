@@ -55,6 +55,12 @@ impl Cancel {
         self.0.store(true, Ordering::SeqCst);
     }
 
+    /// Clears the flag, for a token that is reused per task (see
+    /// `control::process`).
+    pub fn reset(&self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+
     /// Tells whether cancellation was requested.
     pub fn is_cancelled(&self) -> bool {
         let ms = u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX);

@@ -2,6 +2,13 @@
 //! controllers → perform the task → upload the result → again; sleep about a
 //! minute when nobody has work. Also the `--dump-*` and `--fake-request` exits.
 //!
+//! One instance runs one task at a time. Machines come with their locks
+//! held (see `host::locks`): those offered are this instance's until the
+//! task arrives; the task's machine stays locked until its snapshot is
+//! deleted. An instance above `--instance-max` is a priority monitor
+//! (`control::monitor`): it asks only controllers that outrank every
+//! running task, and makes room by interrupting lower ones.
+//!
 //! Why a struct with explicit exits: every way out (a dump, a processed fake
 //! request, a stop signal) is an [`Exit`] value the binary maps to a status, and
 //! nothing in here calls `process::exit`.
@@ -15,32 +22,26 @@ use manifests::{
     TaskRequestManifest, TaskResponseManifest,
 };
 
-use crate::auth::AgentKey;
-use crate::cli::ControllerUrl;
-use crate::controller::{self, Client, Received};
-use crate::fake::FakeMachineFile;
-use crate::fsutil;
-use crate::inflight::InFlight;
-use crate::machines::{BootstrappedMachine, Machines, MachinesError};
-use crate::notify::Notifier;
-use crate::runner::MachineRunner;
-use crate::signals::{Signals, Wake};
-use crate::spool::{Spool, Spooled};
-use crate::task::{self, TaskConfig};
-
-/// Where the offered machines come from.
-pub enum MachineSource<'a> {
-    /// Real enumeration of `--machines`.
-    Enumerate(Machines<'a>),
-    /// `--fake-machine`: this machine, nothing on disk; re-read from the file
-    /// (when it is one) on SIGHUP.
-    Fake(Box<BootstrappedMachine>, Option<FakeMachineFile>),
-}
+use crate::base::fsutil;
+use crate::base::priority::Priority;
+use crate::control::auth::AgentKey;
+use crate::control::controller::{self, Client, Received};
+use crate::control::controller_url::{polling_order, ControllerUrl};
+use crate::control::inflight::InFlight;
+use crate::control::monitor;
+use crate::control::process::{ProcessEvents, StatusSink, Wake};
+use crate::control::spool::{Spool, Spooled};
+use crate::control::task::{self, RunAs, TaskConfig};
+use crate::host::locks::{HoldFor, Holder};
+use crate::host::machine_source::MachineSource;
+use crate::host::machines::{BootstrappedMachine, HeldMachine, MachinesError};
+use crate::vm::runner::{MachineRunner, TaskObserver};
 
 /// The loop's settings, from the command line.
 #[derive(Debug, Clone)]
 pub struct LoopConfig {
-    /// Controllers in polling order.
+    /// Controllers as given (ordered by priority, shuffled within one, at
+    /// every poll).
     pub controllers: Vec<ControllerUrl>,
     /// `agent` field of task requests (host name).
     pub agent_name: String,
@@ -62,7 +63,23 @@ pub struct LoopConfig {
     pub fake_request: Option<PathBuf>,
     /// `--auth-key`.
     pub auth: Option<std::sync::Arc<AgentKey>>,
+    /// `--instance`.
+    pub instance: u16,
+    /// `--instance-max` (0: no limit, no monitors).
+    pub instance_max: u16,
 }
+
+impl LoopConfig {
+    /// Whether this instance is a priority monitor (section 4a).
+    pub fn is_monitor(&self) -> bool {
+        self.instance_max > 0 && self.instance > self.instance_max
+    }
+}
+
+/// Pause before the next round when every machine was held by other
+/// instances (they poll or build; one will let go soon), instead of the
+/// idle sleep that means "no controller has work".
+const BUSY_RETRY: Duration = Duration::from_secs(2);
 
 /// How the loop ended (all of them are exit status 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,8 +115,8 @@ pub struct Agent<'a> {
     client: Client,
     spool: Option<Spool>,
     inflight: Option<InFlight>,
-    signals: Signals,
-    notifier: Notifier,
+    signals: ProcessEvents,
+    notifier: Box<dyn StatusSink + 'a>,
 }
 
 impl<'a> Agent<'a> {
@@ -111,8 +128,8 @@ impl<'a> Agent<'a> {
         runner: &'a dyn MachineRunner,
         client: Client,
         (spool, inflight): (Option<Spool>, Option<InFlight>),
-        signals: Signals,
-        notifier: Notifier,
+        signals: ProcessEvents,
+        notifier: Box<dyn StatusSink + 'a>,
     ) -> Self {
         Self {
             cfg,
@@ -145,21 +162,22 @@ impl<'a> Agent<'a> {
             }
             if self.signals.take_hangup() {
                 tracing::info!("SIGHUP: re-reading machines and spool now");
-                self.reread();
+                self.machines.reread();
             }
             self.notifier.status("enumerating machines");
-            let offered = match self.offered() {
-                Ok(m) => m,
+            let running = self.machines.running_tasks();
+            let round = match self.prepare_round(&running) {
+                Ok(r) => r,
                 Err(MachinesError::Interrupted) => return Ok(Exit::Stopped),
                 Err(e @ MachinesError::Filesystem(_)) => return Err(e.into()),
                 Err(e) => {
                     tracing::error!("{e}");
-                    Vec::new()
+                    Round::default()
                 }
             };
             if self.cfg.dump_machines {
                 let headers: Vec<MachineHeader> =
-                    offered.iter().map(|m| m.header().clone()).collect();
+                    round.offered.iter().map(|m| m.header().clone()).collect();
                 print_stream(headers.iter().flat_map(|h| h.to_stream()).collect())?;
                 return Ok(Exit::Done);
             }
@@ -168,15 +186,24 @@ impl<'a> Agent<'a> {
                 return Ok(Exit::Stopped);
             }
             let received = match &self.cfg.fake_request {
-                Some(p) => self.fake_request(p.clone(), &offered)?,
-                None => self.poll(&offered),
+                Some(p) => self.fake_request(p.clone(), &round.offered)?,
+                None => self.poll(&round),
             };
             let Some(received) = received else {
                 if self.cfg.fake_request.is_some() {
                     return Ok(Exit::Done);
                 }
-                self.notifier.status("idle: no task, sleeping");
-                match self.signals.sleep(self.cfg.idle_sleep) {
+                // Busy machines come free within seconds; an empty answer
+                // from every controller means a minute's sleep.
+                let busy = round.offered.is_empty() && round.held_elsewhere;
+                drop(round);
+                let (status, pause) = if busy {
+                    ("machines busy in other instances", BUSY_RETRY)
+                } else {
+                    ("idle: no task, sleeping", self.cfg.idle_sleep)
+                };
+                self.notifier.status(status);
+                match self.signals.sleep(pause) {
                     Wake::Stop => return Ok(Exit::Stopped),
                     Wake::Hangup | Wake::Timeout => continue,
                 }
@@ -194,7 +221,10 @@ impl<'a> Agent<'a> {
                     .ok(),
                 _ => None,
             };
-            let result = self.perform(&received, &offered);
+            // The other machines' locks go now; the task's after its
+            // snapshot is deleted, before the upload.
+            let machine = self.claim(&received, round, &running);
+            let result = self.perform(&received, machine);
             if self.cfg.dump_result {
                 print_stream(result.to_stream())?;
                 return Ok(Exit::Done);
@@ -209,27 +239,103 @@ impl<'a> Agent<'a> {
         }
     }
 
-    fn offered(&mut self) -> Result<Vec<BootstrappedMachine>, MachinesError> {
-        match &self.machines {
-            MachineSource::Enumerate(m) => m.enumerate(),
-            MachineSource::Fake(m, _) => Ok(vec![(**m).clone()]),
+    /// What this round offers, and to whom. A regular instance offers the
+    /// machines it could lock and skips controllers whose `B` digit is
+    /// below a running task's. A monitor asks only controllers that
+    /// outrank every running task (with a `C` or `D` digit), and offers
+    /// free machines plus those whose task such a controller may interrupt.
+    fn prepare_round(&self, running: &[HeldMachine]) -> Result<Round, MachinesError> {
+        if !self.cfg.is_monitor() || self.cfg.dump_machines {
+            let offered = self.machines.offered()?;
+            let top_b = running
+                .iter()
+                .map(|h| h.holder.priority.b())
+                .max()
+                .unwrap_or(0);
+            let controllers = self
+                .cfg
+                .controllers
+                .iter()
+                .filter(|c| c.priority.b() >= top_b)
+                .cloned()
+                .collect();
+            return Ok(Round {
+                held_elsewhere: offered.is_empty() && self.machines.any_held(),
+                offered,
+                takeable: Vec::new(),
+                controllers,
+            });
         }
+        let Some(top) = running.iter().map(|h| h.holder.priority).max() else {
+            // Nothing runs: the regular instances take the work.
+            return Ok(Round::default());
+        };
+        let controllers: Vec<ControllerUrl> = self
+            .cfg
+            .controllers
+            .iter()
+            .filter(|c| c.priority > top && c.priority.interrupts())
+            .cloned()
+            .collect();
+        let Some(best) = controllers.iter().map(|c| c.priority).max() else {
+            return Ok(Round::default());
+        };
+        let takeable = running
+            .iter()
+            .filter(|h| !h.holder.suspended && best.may_interrupt(h.holder.priority))
+            .cloned()
+            .collect();
+        Ok(Round {
+            offered: self.machines.offered()?,
+            takeable,
+            controllers,
+            held_elsewhere: false,
+        })
     }
 
-    /// SIGHUP: re-reads the `--fake-machine` file (machines and the spool are
-    /// looked at afresh every round anyway).
-    fn reread(&mut self) {
-        if let MachineSource::Fake(m, Some(f)) = &mut self.machines {
-            match f.read() {
-                Ok(new) => **m = new,
-                Err(e) => tracing::error!("{e}; keeping the previous machine"),
-            }
+    /// The machine the task runs on, locked: one this instance offered
+    /// (the others' locks are released), or, for a monitor, one taken over
+    /// from its victims. Victims are interrupted first (section 4a).
+    fn claim(
+        &self,
+        received: &Received,
+        round: Round,
+        running: &[HeldMachine],
+    ) -> Option<BootstrappedMachine> {
+        let name = &received.task.machine;
+        let own = round.offered.into_iter().find(|m| &m.header().name == name);
+        if !self.cfg.is_monitor() || self.cfg.fake_request.is_some() {
+            return own;
         }
+        let victims = monitor::victims(received.priority, name, running, self.cfg.instance_max);
+        for v in &victims {
+            monitor::interrupt(&v.holder, &v.machine.header().name);
+        }
+        if own.is_some() {
+            return own;
+        }
+        let held = round
+            .takeable
+            .iter()
+            .find(|h| &h.machine.header().name == name)?;
+        self.notifier
+            .status(&format!("waiting for {name} to be let go by its task"));
+        monitor::take_over(held, &self.signals.stop_token())
     }
 
-    fn poll(&self, offered: &[BootstrappedMachine]) -> Option<Received> {
+    fn poll(&self, round: &Round) -> Option<Received> {
+        if round.controllers.is_empty() {
+            return None;
+        }
+        let offered: Vec<&BootstrappedMachine> = round
+            .offered
+            .iter()
+            .chain(round.takeable.iter().map(|h| &h.machine))
+            .collect();
         if offered.is_empty() {
-            tracing::warn!("no machines to offer; not asking controllers");
+            if !round.held_elsewhere {
+                tracing::warn!("no machines to offer; not asking controllers");
+            }
             return None;
         }
         self.notifier.status("asking controllers for a task");
@@ -246,7 +352,7 @@ impl<'a> Agent<'a> {
         };
         controller::poll(
             &self.client,
-            &self.cfg.controllers,
+            &polling_order(&round.controllers),
             &req,
             &self.signals.stop_token(),
         )
@@ -288,29 +394,62 @@ impl<'a> Agent<'a> {
         }
         Ok(Some(Received {
             controller: src,
+            priority: Priority(0),
+            boost: false,
             response,
             task,
         }))
     }
 
-    fn perform(&self, received: &Received, offered: &[BootstrappedMachine]) -> ResultManifest {
+    /// Runs the task on its machine, recording it in the machine lock
+    /// (what a monitor reads), and releases the lock when done.
+    fn perform(&self, received: &Received, machine: Option<BootstrappedMachine>) -> ResultManifest {
         let mut t = received.task.clone();
         task::apply_trust(&mut t, &self.cfg.task.trust);
-        let Some(machine) = offered.iter().find(|m| m.header().name == t.machine) else {
-            // poll() only returns tasks for offered machines.
-            return task::status_result(&t, manifests::ResultStatus::Abnormal);
+        let Some(machine) = machine else {
+            // poll() only returns tasks for offered machines; a monitor
+            // whose victim did not let go ends here.
+            tracing::error!(
+                "task {} {}: its machine {} is not available",
+                t.name,
+                t.version,
+                t.machine
+            );
+            return task::status_result(&t, manifests::ResultStatus::Interrupt);
         };
         self.notifier.status(&format!(
             "building {} {} on {}",
             t.name, t.version, t.machine
         ));
+        // In this order: an interrupt that comes once the record names
+        // this task is never forgotten.
+        self.signals.begin_task();
+        let holder = Holder::me(self.cfg.instance, HoldFor::Task, received.priority);
+        machine.record(&holder);
+        let observer = LockRecord {
+            machine: &machine,
+            holder,
+        };
+        let how = RunAs {
+            boost: received.boost,
+            observer: &observer,
+        };
         let r = task::perform(
             &t,
-            machine,
+            &machine,
             self.runner,
             &self.cfg.task,
-            &self.signals.stop_token(),
+            &how,
+            &self.signals.task_token(),
         );
+        drop(machine);
+        if self.signals.task_interrupted() {
+            tracing::warn!(
+                "task {} {} interrupted by a higher-priority task",
+                t.name,
+                t.version
+            );
+        }
         tracing::info!("task {} {}: {}", t.name, t.version, r.status.as_str());
         r
     }
@@ -467,4 +606,30 @@ fn print_stream(ms: Vec<manifests::Manifest>) -> Result<(), LoopError> {
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
         .map_err(|e| LoopError::Stdout(e.to_string()))
+}
+
+/// One round's offer: machines this instance locked, machines a monitor
+/// may take over, and the controllers to ask.
+#[derive(Default)]
+struct Round {
+    offered: Vec<BootstrappedMachine>,
+    takeable: Vec<HeldMachine>,
+    controllers: Vec<ControllerUrl>,
+    /// Nothing was offered because other instances hold every machine.
+    held_elsewhere: bool,
+}
+
+/// Marks the machine lock's record suspended when the VM is (a suspended
+/// machine is never a victim).
+struct LockRecord<'m> {
+    machine: &'m BootstrappedMachine,
+    holder: Holder,
+}
+
+impl TaskObserver for LockRecord<'_> {
+    fn suspended(&self) {
+        let mut h = self.holder;
+        h.suspended = true;
+        self.machine.record(&h);
+    }
 }

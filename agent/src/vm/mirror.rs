@@ -1,5 +1,5 @@
 //! The host's bare mirror of each task repository: guests get their
-//! source from here (served by [`crate::source_server`]) rather than from
+//! source from here (served by [`crate::vm::source_server`]) rather than from
 //! the internet, so a guest needs no route out and a big repository is
 //! downloaded once per host, not once per VM.
 //!
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::cancel::Cancel;
+use crate::base::cancel::Cancel;
 
 /// Limits of the mirrors.
 #[derive(Debug, Clone)]
@@ -303,7 +303,7 @@ fn git(
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
     .process_group(0);
-    crate::vm::die_with_agent(&mut cmd);
+    crate::vm::lifecycle::die_with_agent(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| fail(e.to_string()))?;
     let pid = child.id() as i32;
     let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {

@@ -242,7 +242,7 @@ pub fn clean_leftovers(prefix: &str) -> usize {
     };
     let parent = dirs(version, "")[0].clone();
     let mut n = 0;
-    for name in crate::fsutil::names_of_other_agents(&parent, prefix) {
+    for name in crate::base::fsutil::names_of_other_agents(&parent, prefix) {
         match remove(version, &dirs(version, &name)) {
             Ok(()) => {
                 tracing::info!("removed leftover cgroup {name}");

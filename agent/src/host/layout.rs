@@ -10,11 +10,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::version::BOOTSTRAP_PROTOCOL;
+use crate::base::version::BOOTSTRAP_PROTOCOL;
 
-/// Marker inside temporary snapshot names: `<name>-<toolchain>-bbot-tmp-<pid>-<n>`.
-/// The pid lets a restarted agent tell a crashed run's leftovers from a live
-/// agent's snapshots.
+/// Marker inside temporary snapshot names:
+/// `<name>-<toolchain>-bbot-tmp-<instance>-<pid>-<n>`. Whose they are is
+/// for people; whether one is a leftover is decided by the machine lock
+/// (free lock: nobody's).
 pub const TEMP_MARKER: &str = "-bbot-tmp-";
 
 /// Name of the manifest file inside machine subvolumes.
@@ -126,23 +127,32 @@ impl MachineDir {
         }))
     }
 
-    /// A fresh temporary snapshot path `<name>-<toolchain>-bbot-tmp-<pid>-<n>`.
-    pub fn temp(&self, toolchain: &str) -> PathBuf {
+    /// `<dir>/<name>-<toolchain>.lock`: the machine lock of section 4a.
+    pub fn lock_file(&self, toolchain: &str) -> PathBuf {
+        self.dir.join(format!("{}-{}.lock", self.name, toolchain))
+    }
+
+    /// A fresh temporary snapshot path
+    /// `<name>-<toolchain>-bbot-tmp-<instance>-<pid>-<n>`.
+    pub fn temp(&self, toolchain: &str, instance: u16) -> PathBuf {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         self.dir.join(format!(
-            "{}-{}{}{}-{}",
+            "{}-{}{}{}-{}-{}",
             self.name,
             toolchain,
             TEMP_MARKER,
+            instance,
             std::process::id(),
             n
         ))
     }
 
-    /// Temporary snapshots of this toolchain in this directory, with the pid of
-    /// the agent that made them. Other toolchains' snapshots are not ours to touch.
-    pub fn temporaries(&self, toolchain: &str) -> Result<Vec<(PathBuf, u32)>, LayoutError> {
+    /// Temporary snapshots of this toolchain in this directory, whoever
+    /// made them (the caller holds the machine lock, so they are
+    /// leftovers). Other toolchains' snapshots are not ours to touch: the
+    /// rest of the name must be the marker's numbers.
+    pub fn temporaries(&self, toolchain: &str) -> Result<Vec<PathBuf>, LayoutError> {
         let prefix = format!("{}-{}{}", self.name, toolchain, TEMP_MARKER);
         let mut v = Vec::new();
         for entry in std::fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
@@ -151,10 +161,14 @@ impl MachineDir {
             let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
                 continue;
             };
-            let Some(pid) = rest.split_once('-').and_then(|(p, _)| p.parse().ok()) else {
+            if rest.is_empty()
+                || !rest
+                    .split('-')
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            {
                 continue;
-            };
-            v.push((entry.path(), pid));
+            }
+            v.push(entry.path());
         }
         Ok(v)
     }
@@ -176,10 +190,11 @@ mod tests {
             PathBuf::from(format!("/x/v/m/m-{BOOTSTRAP_PROTOCOL}"))
         );
         assert_eq!(md.bootstrapped("gcc"), PathBuf::from("/x/v/m/m-gcc"));
-        let t = md.temp("gcc");
+        assert_eq!(md.lock_file("gcc"), PathBuf::from("/x/v/m/m-gcc.lock"));
+        let t = md.temp("gcc", 3);
         let s = t.file_name().and_then(|s| s.to_str()).unwrap_or_default();
         assert!(
-            s.starts_with(&format!("m-gcc-bbot-tmp-{}-", std::process::id())),
+            s.starts_with(&format!("m-gcc-bbot-tmp-3-{}-", std::process::id())),
             "{s}"
         );
     }

@@ -25,16 +25,18 @@ use std::time::{Duration, Instant};
 
 use manifests::{BootstrapManifest, Document, MacAddress, MachineManifest, ResultManifest};
 
-use crate::cancel::Cancel;
-use crate::cgroup;
-use crate::confine::{Confinement, QemuUser};
-use crate::guest_services::{GuestServices, ServicesSpec};
-use crate::mirror::{self, Mirror, MirrorConfig, MirrorError};
-use crate::netns;
-use crate::result_check::vet_guest_result;
-use crate::runner::{BootstrapJob, MachineRunner, RunnerError, TaskJob, VmConfig};
-use crate::tftp::{shown_name, Phase, TftpEvent, TftpLayout, TftpServer};
-use crate::vm::{Accel, Network, Vm, VmSpec, VmState};
+use crate::base::cancel::Cancel;
+use crate::vm::cgroup;
+use crate::vm::confine::{Confinement, QemuUser};
+use crate::vm::guest_services::{GuestServices, ServicesSpec};
+use crate::vm::lifecycle::{Accel, Network, Vm, VmSpec, VmState};
+use crate::vm::mirror::{self, Mirror, MirrorConfig, MirrorError};
+use crate::vm::netns;
+use crate::vm::result_check::vet_guest_result;
+use crate::vm::runner::{
+    BootstrapJob, MachineRunner, RunnerError, TaskJob, TaskObserver, Unobserved,
+};
+use crate::vm::tftp::{shown_name, Phase, TftpEvent, TftpLayout, TftpServer};
 use manifests::guest;
 
 /// The guest's view of the host under QEMU user-mode networking.
@@ -47,6 +49,28 @@ const SELF_POWEROFF_WAIT: Duration = Duration::from_secs(3);
 const TASK_POWEROFF_GRACE: Duration = Duration::from_secs(10);
 /// The manifest the guest fetches and uploads.
 const MANIFEST: &str = guest::MANIFEST_FILE;
+
+/// Host-side VM settings from the command line that every QEMU guest of
+/// this agent shares.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// CPUs per VM (`--cpu`).
+    pub cpu: u16,
+    /// RAM per VM in KiB (`--ram`).
+    pub ram_kib: u64,
+    /// Bridge for the VM's network (`--bridge`); user-mode networking when
+    /// absent.
+    pub bridge: Option<String>,
+    /// TFTP root (`--tftp`); see PROTOCOLS.md section 5 for the per-phase mapping.
+    pub tftp: PathBuf,
+    /// Toolchain name, which selects the TFTP subdirectories.
+    pub toolchain_name: String,
+    /// `--toolchain-num`.
+    pub toolchain_num: u16,
+    /// `--instance`: every name a VM of this process uses carries it
+    /// (PROTOCOLS.md section 4a).
+    pub instance: u16,
+}
 
 /// Settings of the QEMU runner beyond [`VmConfig`].
 #[derive(Debug, Clone)]
@@ -87,18 +111,20 @@ pub struct QemuRunner {
 
 static SESSION: AtomicU64 = AtomicU64::new(0);
 
-/// Taps of toolchain instance `num` are `<prefix><session>`: unique on the
-/// host per instance, and found again by name after a crash.
-pub fn tap_prefix(num: u16) -> String {
-    format!("bbot{num}t")
+/// Taps of toolchain `num`, instance `instance` are `<prefix><session>`:
+/// unique on the host per instance (which runs one VM at a time), found
+/// again by name after a crash, and within the kernel's 15 characters
+/// (`bbot99i99t` and at most 5 digits).
+pub fn tap_prefix(num: u16, instance: u16) -> String {
+    format!("bbot{num}i{instance}t")
 }
 
 impl QemuRunner {
     /// A runner with these settings; checks KVM up front so a
     /// misconfigured host fails at start, not at the first task.
-    pub fn new(cfg: QemuConfig) -> Result<QemuRunner, crate::vm::VmError> {
+    pub fn new(cfg: QemuConfig) -> Result<QemuRunner, crate::vm::lifecycle::VmError> {
         if cfg.accel == Accel::Kvm {
-            crate::vm::check_kvm()?;
+            crate::vm::lifecycle::check_kvm()?;
         }
         let cgroups = cgroup::detect();
         match cgroups {
@@ -111,22 +137,18 @@ impl QemuRunner {
     }
 
     /// What a dead predecessor's VMs may have left, for start-up.
-    pub fn leftovers(&self) -> crate::leftovers::VmLeftovers {
-        crate::leftovers::VmLeftovers {
+    pub fn leftovers(&self) -> crate::vm::leftovers::VmLeftovers {
+        crate::vm::leftovers::VmLeftovers {
             run_root: self.cfg.run_root.clone(),
             log_dir: self.cfg.log_dir.clone(),
-            tftp_build_dir: self
-                .layout()
-                .root
-                .join("build")
-                .join(&self.layout().toolchain),
+            tftp_build_dir: self.layout().task_dir(),
             tap_prefix: self
                 .cfg
                 .vm
                 .bridge
                 .as_ref()
-                .map(|_| tap_prefix(self.cfg.vm.toolchain_num)),
-            vm_prefix: netns::name_prefix(&self.cfg.vm.toolchain_name, self.cfg.vm.toolchain_num),
+                .map(|_| tap_prefix(self.cfg.vm.toolchain_num, self.cfg.vm.instance)),
+            vm_prefix: self.names_prefix(),
         }
     }
 
@@ -134,7 +156,28 @@ impl QemuRunner {
         TftpLayout {
             root: self.cfg.vm.tftp.clone(),
             toolchain: self.cfg.vm.toolchain_name.clone(),
+            instance: self.cfg.vm.instance,
         }
+    }
+
+    /// The start of this instance's VM namespace and cgroup names
+    /// (`bbot-<toolchain>-<num>-<instance>-`).
+    fn names_prefix(&self) -> String {
+        netns::name_prefix(
+            &self.cfg.vm.toolchain_name,
+            self.cfg.vm.toolchain_num,
+            self.cfg.vm.instance,
+        )
+    }
+
+    /// A task VM's CPUs: `--cpu`, or with the controller's boost flag every
+    /// hardware thread of the host (PROTOCOLS.md section 4a).
+    fn cpus(&self, boost: bool) -> u16 {
+        if !boost {
+            return self.cfg.vm.cpu;
+        }
+        let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+        u16::try_from(all).unwrap_or(u16::MAX).max(self.cfg.vm.cpu)
     }
 
     /// The address the TFTP server binds and the one the guest is told.
@@ -166,6 +209,7 @@ impl QemuRunner {
         startup: Duration,
         work: Duration,
         source: Option<&Mirror>,
+        (cpus, observer): (u16, &dyn TaskObserver),
         cancel: &Cancel,
         after: impl FnOnce(&mut Vm, Vec<u8>) -> Result<T, RunnerError>,
     ) -> Result<T, RunnerError> {
@@ -174,8 +218,11 @@ impl QemuRunner {
         let mode = phase.as_str();
         let id = SESSION.fetch_add(1, Ordering::Relaxed);
         let name = format!(
-            "{}-{}-{}",
-            machine.header.name, self.cfg.vm.toolchain_name, self.cfg.vm.toolchain_num
+            "{}-{}-{}-{}",
+            machine.header.name,
+            self.cfg.vm.toolchain_name,
+            self.cfg.vm.toolchain_num,
+            self.cfg.vm.instance
         );
         let run_dir = self
             .cfg
@@ -195,11 +242,7 @@ impl QemuRunner {
             pids: 512,
             cpu_weight: 100,
         };
-        let services_name = format!(
-            "{}{}-{id}",
-            netns::name_prefix(&self.cfg.vm.toolchain_name, self.cfg.vm.toolchain_num),
-            std::process::id()
-        );
+        let services_name = format!("{}{}-{id}", self.names_prefix(), std::process::id());
         let source_dir = run_dir.join("source");
         // With user networking the guest gets a network namespace of its
         // own, and its servers listen there (see `netns`); on a bridge
@@ -242,7 +285,7 @@ impl QemuRunner {
             name: name.clone(),
             qemu: self.cfg.qemu.clone(),
             accel: self.cfg.accel,
-            cpus: self.cfg.vm.cpu,
+            cpus,
             ram_mib: (ram_kib / 1024).max(64),
             machine_dir: subvolume.to_path_buf(),
             machine_options: options,
@@ -252,7 +295,11 @@ impl QemuRunner {
                 Some(b) => Network::Bridge {
                     bridge: b.clone(),
                     // Unique on the host while this agent runs this VM.
-                    tap: format!("{}{id}", tap_prefix(self.cfg.vm.toolchain_num)),
+                    tap: format!(
+                        "{}{}",
+                        tap_prefix(self.cfg.vm.toolchain_num, self.cfg.vm.instance),
+                        id % 100_000
+                    ),
                 },
             },
             fw_cfg,
@@ -270,7 +317,14 @@ impl QemuRunner {
             Ok(mut vm) => {
                 tracing::info!("{mode} of {name}: guest started, {}", services.describe());
                 let r = self
-                    .wait_upload(&mut vm, services.tftp(), phase, startup, work, cancel)
+                    .wait_upload(
+                        &mut vm,
+                        services.tftp(),
+                        phase,
+                        (startup, work),
+                        observer,
+                        cancel,
+                    )
                     .and_then(|path| {
                         let bytes = fs::read(&path)
                             .map_err(|e| RunnerError::Failed(format!("{}: {e}", path.display())))?;
@@ -306,7 +360,7 @@ impl QemuRunner {
                 Ok(()) => tracing::info!("console log of {name} kept in {}", kept.display()),
                 Err(e) => tracing::warn!("cannot keep console log {}: {e}", console.display()),
             }
-            crate::console::rotate(&self.cfg.log_dir, crate::console::KEPT_LOGS);
+            crate::vm::console::rotate(&self.cfg.log_dir, crate::vm::console::KEPT_LOGS);
         }
         if let Err(e) = fs::remove_dir_all(run_dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -321,8 +375,8 @@ impl QemuRunner {
         vm: &mut Vm,
         server: &TftpServer,
         phase: Phase,
-        startup: Duration,
-        work: Duration,
+        (startup, work): (Duration, Duration),
+        observer: &dyn TaskObserver,
         cancel: &Cancel,
     ) -> Result<PathBuf, RunnerError> {
         let start = Instant::now();
@@ -379,7 +433,7 @@ impl QemuRunner {
                     None => startup,
                     Some(_) => work,
                 };
-                self.suspend_then_stop(vm, what, cancel);
+                self.suspend_then_stop(vm, what, observer, cancel);
                 return Err(RunnerError::Timeout {
                     what: what.to_string(),
                     after,
@@ -391,7 +445,13 @@ impl QemuRunner {
 
     /// A guest that missed a deadline: pause it, say how to reach it, keep
     /// it for `--suspend-time` (or until the agent is stopped), then stop it.
-    fn suspend_then_stop(&self, vm: &mut Vm, what: &str, cancel: &Cancel) {
+    fn suspend_then_stop(
+        &self,
+        vm: &mut Vm,
+        what: &str,
+        observer: &dyn TaskObserver,
+        cancel: &Cancel,
+    ) {
         let console = vm.console_tail(2000);
         if console.is_empty() {
             let hint = if self.cfg.accel == Accel::Kvm {
@@ -407,6 +467,7 @@ impl QemuRunner {
         }
         match vm.suspend() {
             Ok(()) => {
+                observer.suspended();
                 let until = Instant::now() + self.cfg.suspend_time;
                 while Instant::now() < until && !cancel.is_cancelled() {
                     std::thread::sleep(Duration::from_millis(100));
@@ -453,6 +514,7 @@ impl MachineRunner for QemuRunner {
             self.cfg.bootstrap_startup,
             job.timeout,
             None,
+            (self.cfg.vm.cpu, &Unobserved),
             cancel,
             |vm, bytes| {
                 // A bootstrapped image must be consistent on disk: the guest
@@ -462,7 +524,7 @@ impl MachineRunner for QemuRunner {
                     return Err(RunnerError::Interrupted);
                 }
                 if !down {
-                    self.suspend_then_stop(vm, "shutdown", cancel);
+                    self.suspend_then_stop(vm, "shutdown", &Unobserved, cancel);
                     return Err(RunnerError::Timeout {
                         what: "shutdown".into(),
                         after: self.cfg.bootstrap_shutdown,
@@ -494,7 +556,7 @@ impl MachineRunner for QemuRunner {
             e => RunnerError::Failed(format!("cannot get the task's source: {e}")),
         })?;
         let layout = self.layout();
-        let build_dir = layout.root.join("build").join(&layout.toolchain);
+        let build_dir = layout.task_dir();
         let get = layout.get_dir(Phase::Task);
         let put = layout.put_dir(Phase::Task);
         Self::fresh_dir(&get)?;
@@ -515,6 +577,7 @@ impl MachineRunner for QemuRunner {
             self.cfg.build_startup,
             job.timeout,
             Some(&mirror),
+            (self.cpus(job.boost), job.observer),
             cancel,
             |vm, bytes| {
                 // The guest powers off after its upload. One that lingers is

@@ -2,60 +2,10 @@
 //! habits carry over, plus `--state` for the result spool.
 
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use clap::Parser;
 
-/// A controller URL with bbot's optional `[F]DCBA=` priority prefix.
-///
-/// Why: bbot lets an admin poll several controllers with different priorities
-/// (`100=https://ci.example.org/?build-task`); higher priority is asked first.
-/// The optional fifth digit `F` carries bbot's flags and is kept but not acted
-/// upon (bbot uses it to interrupt lower-priority tasks).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ControllerUrl {
-    /// The `DCBA` part as a number; 0 when no prefix was given.
-    pub priority: u32,
-    /// The `F` digit when the prefix had five digits.
-    pub flags: u8,
-    /// The URL proper.
-    pub url: String,
-}
-
-/// A controller URL argument that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ControllerUrlError {
-    /// Not an http(s) URL.
-    #[error("invalid controller url '{0}': {1}")]
-    Invalid(String, String),
-}
-
-impl FromStr for ControllerUrl {
-    type Err = ControllerUrlError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (mut priority, mut flags, mut url) = (0u32, 0u8, s);
-        if let Some((p, rest)) = s.split_once('=') {
-            if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) {
-                let (f, dcba) = if p.len() == 5 {
-                    p.split_at(1)
-                } else {
-                    ("0", p)
-                };
-                flags = f.parse().unwrap_or(0);
-                priority = dcba.parse().unwrap_or(0);
-                url = rest;
-            }
-        }
-        crate::controller::http_url(url)
-            .map_err(|e| ControllerUrlError::Invalid(s.to_string(), e))?;
-        Ok(Self {
-            priority,
-            flags,
-            url: url.to_string(),
-        })
-    }
-}
+use crate::control::controller_url::ControllerUrl;
 
 /// A path option made absolute at parse time (against the working
 /// directory at start): paths end up in QEMU's arguments, in sockets' names
@@ -100,14 +50,6 @@ fn seconds(min: u64) -> clap::builder::RangedU64ValueParser<u64> {
     clap::value_parser!(u64).range(min..=MAX_SECONDS)
 }
 
-/// Orders controllers the way they are polled: higher priority first, and
-/// command-line order within a priority (deterministic, unlike bbot's shuffle).
-pub fn polling_order(urls: &[ControllerUrl]) -> Vec<ControllerUrl> {
-    let mut v = urls.to_vec();
-    v.sort_by_key(|c| std::cmp::Reverse(c.priority));
-    v
-}
-
 /// `bbot-agent [options] [[F]DCBA=]<url>...`
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -133,6 +75,23 @@ pub struct Cli {
     #[arg(long, value_name = "NUM", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=99))]
     pub toolchain_num: u16,
+    /// This process's instance number among the toolchain's agents on this
+    /// host (1..99). Each instance runs at most one VM; every per-process
+    /// name (snapshots, TFTP and run directories, taps, namespaces,
+    /// cgroups, the spool) carries it.
+    #[arg(long, value_name = "NUM", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=99))]
+    pub instance: u16,
+    /// How many instances run tasks (0: no limit). Instances numbered
+    /// above it are priority monitors: they take only tasks that may
+    /// interrupt running ones (controller priority C or D).
+    #[arg(long, value_name = "NUM", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=99))]
+    pub instance_max: u16,
+    /// The toolchain lock, held while enumerating and bootstrapping
+    /// (default: `.bbot-agent-<toolchain-name>.lock` in --machines).
+    #[arg(long, value_name = "FILE", value_parser = absolute_path)]
+    pub toolchain_lock: Option<PathBuf>,
     /// Toolchain id; when given, a change re-bootstraps every machine.
     #[arg(long, value_name = "STR")]
     pub toolchain_id: Option<String>,
@@ -163,7 +122,7 @@ pub struct Cli {
     pub qemu: PathBuf,
     /// How guests' CPUs are provided: kvm (hardware) or tcg (emulation, slow).
     #[arg(long, value_name = "kvm|tcg", default_value = "kvm")]
-    pub accel: crate::vm::Accel,
+    pub accel: crate::vm::lifecycle::Accel,
     /// Seconds a bootstrapping guest has to make its first TFTP request.
     #[arg(long, value_name = "SEC", default_value_t = 300, value_parser = seconds(1))]
     pub bootstrap_startup: u64,
@@ -235,7 +194,7 @@ pub struct Cli {
         hide = true,
         requires = "fake_build"
     )]
-    pub fake_build_result: crate::fake::FakeBuildResult,
+    pub fake_build_result: crate::vm::fake::FakeBuildResult,
     /// Use this machine header manifest (`-` for stdin) instead of enumerating.
     #[arg(long, value_name = "FILE")]
     pub fake_machine: Option<PathBuf>,
@@ -258,19 +217,33 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// The state directory, defaulting per toolchain so that several agent
-    /// instances on one host keep separate spools.
+    /// The toolchain's state directory, shared by its instances (the
+    /// source mirrors live there).
     pub fn state_dir(&self) -> PathBuf {
         self.state
             .clone()
             .unwrap_or_else(|| PathBuf::from("/var/lib/bbot-agent").join(&self.toolchain_name))
     }
 
+    /// This instance's own state (`<state>/instance-<N>`): its lock, spool,
+    /// task in flight, run directories and console logs.
+    pub fn instance_dir(&self) -> PathBuf {
+        self.state_dir().join(format!("instance-{}", self.instance))
+    }
+
+    /// The toolchain lock's file.
+    pub fn toolchain_lock_file(&self) -> PathBuf {
+        self.toolchain_lock.clone().unwrap_or_else(|| {
+            self.machines
+                .join(format!(".bbot-agent-{}.lock", self.toolchain_name))
+        })
+    }
+
     /// The toolchain version reported to controllers.
     pub fn toolchain_version(&self) -> String {
         self.toolchain_ver
             .clone()
-            .unwrap_or_else(|| crate::version::AGENT_VERSION.to_string())
+            .unwrap_or_else(|| crate::base::version::AGENT_VERSION.to_string())
     }
 
     /// Tells whether the command line asks for work that needs no controller.
@@ -282,29 +255,6 @@ impl Cli {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn priority_prefix() {
-        let u: ControllerUrl = "100=http://a/x?y=1".parse().unwrap();
-        assert_eq!(
-            (u.priority, u.flags, u.url.as_str()),
-            (100, 0, "http://a/x?y=1")
-        );
-        let u: ControllerUrl = "11234=https://b/".parse().unwrap();
-        assert_eq!((u.priority, u.flags), (1234, 1));
-        let u: ControllerUrl = "http://c/?a=b".parse().unwrap();
-        assert_eq!((u.priority, u.url.as_str()), (0, "http://c/?a=b"));
-        assert!("ftp://x/".parse::<ControllerUrl>().is_err());
-        assert!("nonsense".parse::<ControllerUrl>().is_err());
-        let order = polling_order(&[
-            "1=http://a/".parse().unwrap(),
-            "http://b/".parse().unwrap(),
-            "2=http://c/".parse().unwrap(),
-            "1=http://d/".parse().unwrap(),
-        ]);
-        let urls: Vec<_> = order.iter().map(|u| u.url.as_str()).collect();
-        assert_eq!(urls, ["http://c/", "http://a/", "http://d/", "http://b/"]);
-    }
 
     #[test]
     fn path_options_become_absolute() {
@@ -320,6 +270,11 @@ mod tests {
         .unwrap();
         let cwd = std::env::current_dir().unwrap();
         assert_eq!(cli.state_dir(), cwd.join("agent"));
+        assert_eq!(cli.instance_dir(), cwd.join("agent/instance-1"));
+        assert_eq!(
+            cli.toolchain_lock_file(),
+            PathBuf::from("/m/.bbot-agent-default.lock")
+        );
         assert_eq!(cli.tftp, cwd.join("t"));
         assert_eq!(cli.machines, PathBuf::from("/m"));
         assert!(Cli::try_parse_from(["bbot-agent", "--state", ""]).is_err());
@@ -364,6 +319,9 @@ mod tests {
         for args in [
             &["--toolchain-num", "0"][..],
             &["--toolchain-num", "100"],
+            &["--instance", "0"],
+            &["--instance", "100"],
+            &["--instance-max", "100"],
             &["--cpu", "0"],
             &["--ram", "1"],
             &["--verbose", "7"],

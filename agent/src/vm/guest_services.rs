@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use manifests::guest;
 
-use crate::cgroup::{self, VmCgroup};
-use crate::mirror::Mirror;
-use crate::netns::GuestNetns;
-use crate::runner::RunnerError;
-use crate::source_server::SourceServer;
-use crate::tftp::{EnterFn, Phase, SessionRules, TftpServer};
+use crate::vm::cgroup::{self, VmCgroup};
+use crate::vm::mirror::Mirror;
+use crate::vm::netns::GuestNetns;
+use crate::vm::runner::RunnerError;
+use crate::vm::source_server::SourceServer;
+use crate::vm::tftp::{EnterFn, Phase, SessionRules, TftpServer};
 
 /// How to set up one session's services.
 pub struct ServicesSpec<'a> {

@@ -13,7 +13,7 @@
 //! - Its seccomp filter is on: `-sandbox on,obsolete=deny,
 //!   elevateprivileges=deny,spawn=deny,resourcecontrol=deny`.
 //! - A cgroup per VM bounds its memory, processes and CPU share
-//!   (`crate::cgroup`); resource limits forbid core dumps (a guest's RAM)
+//!   (`crate::vm::cgroup`); resource limits forbid core dumps (a guest's RAM)
 //!   and bound its open files.
 
 use std::ffi::{CStr, CString};
@@ -23,7 +23,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use crate::cgroup::VmCgroup;
+use crate::vm::cgroup::VmCgroup;
 
 /// The seccomp options QEMU runs with.
 pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
@@ -51,7 +51,7 @@ pub enum ConfineError {
     },
     /// The cgroup could not be joined.
     #[error(transparent)]
-    Cgroup(#[from] crate::cgroup::CgroupError),
+    Cgroup(#[from] crate::vm::cgroup::CgroupError),
 }
 
 /// The unprivileged user QEMU runs as.

@@ -87,7 +87,7 @@ impl Notifier {
     /// - Watchdog (`WatchdogSec=`): it pings at half the interval as long as
     ///   the agent made progress within `stall_limit`. Progress is a status
     ///   update or any poll of a cancellation token
-    ///   ([`crate::cancel::since_last_poll`]), which every long step (a
+    ///   ([`crate::base::cancel::since_last_poll`]), which every long step (a
     ///   build, a bootstrap, an idle sleep, a controller request, an upload)
     ///   does several times a second. A main thread that is genuinely stuck
     ///   polls nothing, so the pings stop and systemd restarts the agent.
@@ -119,7 +119,7 @@ impl Notifier {
         let now = self.inner.start.elapsed();
         let last = Duration::from_millis(self.inner.alive_ms.load(Ordering::SeqCst));
         now.saturating_sub(last)
-            .min(crate::cancel::since_last_poll())
+            .min(crate::base::cancel::since_last_poll())
     }
 
     fn notify_loop(
@@ -163,5 +163,15 @@ impl Notifier {
                 warned = true;
             }
         }
+    }
+}
+
+impl crate::control::process::StatusSink for Notifier {
+    fn ready(&self) {
+        Notifier::ready(self);
+    }
+
+    fn status(&self, status: &str) {
+        Notifier::status(self, status);
     }
 }

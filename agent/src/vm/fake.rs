@@ -5,18 +5,13 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use std::path::{Path, PathBuf};
+use manifests::{BootstrapManifest, OperationResult, ResultManifest, ResultStatus};
 
-use manifests::{
-    BootstrapManifest, BootstrappedMachineManifest, Document, MachineHeader, MachineManifest,
-    MachineType, OperationResult, ResultManifest, ResultStatus, ToolchainManifest,
+use crate::base::cancel::Cancel;
+use crate::base::version::{
+    AGENT_PACKAGE, AGENT_VERSION, WORKER_GUEST_PACKAGE, WORKER_GUEST_VERSION,
 };
-
-use crate::cancel::Cancel;
-use crate::fsutil;
-use crate::machines::BootstrappedMachine;
-use crate::runner::{BootstrapJob, MachineRunner, RunnerError, TaskJob};
-use crate::version::{AGENT_PACKAGE, AGENT_VERSION, WORKER_GUEST_PACKAGE, WORKER_GUEST_VERSION};
+use crate::vm::runner::{BootstrapJob, MachineRunner, RunnerError, TaskJob};
 
 /// What a fake build reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -30,25 +25,41 @@ pub enum FakeBuildResult {
     Success,
 }
 
-/// Fakes bootstraps and/or builds; whatever it does not fake goes to `real`.
+/// Fakes bootstraps and/or builds; whatever it does not fake goes to `real`
+/// (the QEMU runner), which is only absent when both phases are faked.
 pub struct FakeRunner {
     fake_bootstrap: bool,
     fake_build: bool,
     build_result: FakeBuildResult,
     build_duration: Duration,
-    real: Box<dyn MachineRunner>,
+    real: Option<Box<dyn MachineRunner>>,
     bootstraps: AtomicUsize,
     builds: AtomicUsize,
 }
 
 impl FakeRunner {
-    /// Fakes what the flags say; `build_duration` makes a fake build take time
-    /// (interruptible), which is how the signal test catches a task in flight.
+    /// Fakes both phases, with no VM at all; `build_duration` makes a fake
+    /// build take time (interruptible), which is how the signal test
+    /// catches a task in flight.
+    pub fn all_fake(build_duration: Duration) -> Self {
+        Self::build(true, true, build_duration, None)
+    }
+
+    /// Fakes what the flags say and hands the other phase to `real`.
     pub fn new(
         fake_bootstrap: bool,
         fake_build: bool,
         build_duration: Duration,
         real: Box<dyn MachineRunner>,
+    ) -> Self {
+        Self::build(fake_bootstrap, fake_build, build_duration, Some(real))
+    }
+
+    fn build(
+        fake_bootstrap: bool,
+        fake_build: bool,
+        build_duration: Duration,
+        real: Option<Box<dyn MachineRunner>>,
     ) -> Self {
         Self {
             fake_bootstrap,
@@ -65,6 +76,14 @@ impl FakeRunner {
     pub fn with_build_result(mut self, result: FakeBuildResult) -> Self {
         self.build_result = result;
         self
+    }
+
+    /// The runner of the phases not faked; [`FakeRunner::all_fake`] has
+    /// none and fakes both, so this only fails on a caller's mistake.
+    fn real(&self) -> Result<&dyn MachineRunner, RunnerError> {
+        self.real
+            .as_deref()
+            .ok_or_else(|| RunnerError::Unsupported("no VM runner: every phase is faked".into()))
     }
 
     /// How many bootstraps were faked so far (lets tests see re-bootstraps).
@@ -139,7 +158,7 @@ impl MachineRunner for FakeRunner {
         cancel: &Cancel,
     ) -> Result<BootstrapManifest, RunnerError> {
         if !self.fake_bootstrap {
-            return self.real.bootstrap(job, cancel);
+            return self.real()?.bootstrap(job, cancel);
         }
         if cancel.is_cancelled() {
             return Err(RunnerError::Interrupted);
@@ -151,7 +170,7 @@ impl MachineRunner for FakeRunner {
 
     fn run_task(&self, job: &TaskJob<'_>, cancel: &Cancel) -> Result<ResultManifest, RunnerError> {
         if !self.fake_build {
-            return self.real.run_task(job, cancel);
+            return self.real()?.run_task(job, cancel);
         }
         self.builds.fetch_add(1, Ordering::SeqCst);
         tracing::debug!(
@@ -167,78 +186,5 @@ impl MachineRunner for FakeRunner {
             FakeBuildResult::Abort => fake_abort(job.task),
             FakeBuildResult::Success => fake_result(job.task),
         })
-    }
-}
-
-/// `--fake-machine` cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum FakeMachineError {
-    /// The file cannot be read.
-    #[error("--fake-machine: cannot read {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The file is not a machine header manifest.
-    #[error("--fake-machine: {0}")]
-    Manifest(#[from] manifests::Error),
-}
-
-/// Where `--fake-machine` comes from, so that SIGHUP can read it again.
-#[derive(Debug, Clone)]
-pub struct FakeMachineFile {
-    /// The file (`-` for stdin, which is read once only).
-    pub path: PathBuf,
-    /// `--machines` (the fake machine's nominal location).
-    pub machines: PathBuf,
-    /// Toolchain id to record.
-    pub toolchain_id: String,
-}
-
-impl FakeMachineFile {
-    /// Reads the machine header and dresses it up as a bootstrapped machine
-    /// (bbot does the same: the header is all a controller sees).
-    pub fn read(&self) -> Result<BootstrappedMachine, FakeMachineError> {
-        let bytes =
-            fsutil::read_file_or_stdin(&self.path).map_err(|source| FakeMachineError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-        let header = MachineHeader::parse(&bytes, &fsutil::source_name(&self.path))?;
-        Ok(fake_machine(header, &self.machines, &self.toolchain_id))
-    }
-
-    /// Whether SIGHUP can read it again (not stdin).
-    pub fn rereadable(&self) -> bool {
-        self.path != Path::new("-")
-    }
-}
-
-/// A bootstrapped machine made from a bare header, for `--fake-machine`.
-pub fn fake_machine(
-    header: MachineHeader,
-    machines: &Path,
-    toolchain_id: &str,
-) -> BootstrappedMachine {
-    BootstrappedMachine {
-        path: machines.join(&header.name),
-        dir: None,
-        manifest: BootstrappedMachineManifest {
-            machine: MachineManifest {
-                header,
-                machine_type: MachineType::Kvm,
-                mac: None,
-                options: None,
-                changes: None,
-                extra: Vec::new(),
-            },
-            toolchain: ToolchainManifest {
-                id: toolchain_id.to_string(),
-                extra: Vec::new(),
-            },
-            bootstrap: fake_bootstrap_manifest(),
-        },
     }
 }

@@ -58,31 +58,48 @@ pub fn shown_name(name: &str) -> String {
     s
 }
 
-/// The `--tftp` directory tree and the toolchain whose subdirectories a
-/// VM of this agent may use.
+/// The `--tftp` directory tree and the toolchain and instance whose
+/// subdirectories a VM of this agent may use. What the guest writes, and
+/// what it reads in a task, is per instance, so that several instances of
+/// one toolchain never share a directory (PROTOCOLS.md sections 4a, 5).
 #[derive(Debug, Clone)]
 pub struct TftpLayout {
     /// `--tftp`.
     pub root: PathBuf,
     /// `--toolchain-name`.
     pub toolchain: String,
+    /// `--instance`.
+    pub instance: u16,
 }
 
 impl TftpLayout {
-    /// Directory GET requests are served from.
+    /// Directory GET requests are served from: the toolchain's files
+    /// (shared, the admin's) in a bootstrap, the instance's task in a task.
     pub fn get_dir(&self, phase: Phase) -> PathBuf {
         match phase {
             Phase::Bootstrap => self.root.join("toolchain").join(&self.toolchain),
-            Phase::Task => self.root.join("build").join(&self.toolchain).join("get"),
+            Phase::Task => self.task_dir().join("get"),
         }
     }
 
     /// Directory PUT requests write to.
     pub fn put_dir(&self, phase: Phase) -> PathBuf {
         match phase {
-            Phase::Bootstrap => self.root.join("bootstrap").join(&self.toolchain),
-            Phase::Task => self.root.join("build").join(&self.toolchain).join("put"),
+            Phase::Bootstrap => self
+                .root
+                .join("bootstrap")
+                .join(&self.toolchain)
+                .join(self.instance.to_string()),
+            Phase::Task => self.task_dir().join("put"),
         }
+    }
+
+    /// The instance's task directory, `build/<toolchain>/<instance>`.
+    pub fn task_dir(&self) -> PathBuf {
+        self.root
+            .join("build")
+            .join(&self.toolchain)
+            .join(self.instance.to_string())
     }
 }
 
