@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
 
 use bbot_agent::control::auth::AgentKey;
 use bbot_agent::control::controller::{Client, ClientConfig};
@@ -25,7 +24,7 @@ use bbot_agent::vm::mirror::MirrorConfig;
 use bbot_agent::vm::qemu_runner::{QemuConfig, QemuRunner, VmConfig};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_args() {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();

@@ -14,7 +14,7 @@ fn unit_has_the_settings_the_agent_relies_on() {
         "KillMode=mixed",
         "Restart=on-failure",
         "EnvironmentFile=/etc/bbot-agent/%i.conf",
-        "StateDirectory=bbot-agent/%i",
+        "StateDirectory=bbot-agent",
         "ExecReload=/bin/kill -HUP $MAINPID",
     ] {
         assert!(UNIT.lines().any(|l| l.trim() == line), "missing {line}");
@@ -23,7 +23,7 @@ fn unit_has_the_settings_the_agent_relies_on() {
         .lines()
         .find(|l| l.starts_with("ExecStart="))
         .expect("ExecStart");
-    assert!(exec.contains("--systemd-daemon") && exec.contains("--toolchain-name %i"));
+    assert!(exec.contains("--systemd-daemon") && exec.contains("--systemd-instance %i"));
 }
 
 #[test]
@@ -39,9 +39,9 @@ fn systemd_analyze_verify() {
         env!("CARGO_BIN_EXE_bbot-agent"),
     );
     std::fs::write(dir.path().join("bbot-agent@.service"), unit).expect("unit");
-    let conf = dir.path().join("gcc.conf");
+    let conf = dir.path().join("gcc-12-1.conf");
     std::fs::write(&conf, include_str!("../../systemd/bbot-agent.conf.example")).expect("conf");
-    let unit_path = dir.path().join("bbot-agent@gcc.service");
+    let unit_path = dir.path().join("bbot-agent@gcc-12-1.service");
     let text = std::fs::read_to_string(dir.path().join("bbot-agent@.service")).expect("read");
     std::fs::write(
         &unit_path,

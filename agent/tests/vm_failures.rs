@@ -143,10 +143,12 @@ fn run_case(fs: &Path, work: &Path, case: &Case<'_>) -> (ResultRequestManifest, 
     (result, log)
 }
 
-/// The agent is SIGKILLed while its guest works: QEMU dies with it
-/// (PR_SET_PDEATHSIG). The next start removes the temporary snapshot, the
-/// run directory and the task's TFTP directory, and reports the task it was
-/// running as interrupted, so the controller hears of it at once.
+/// The agent (instance 2 of its toolchain) is SIGKILLed while its guest
+/// works: QEMU dies with it (PR_SET_PDEATHSIG). Every name it left carries
+/// its instance. The next start of that instance removes the temporary
+/// snapshot, the run directory and the task's TFTP directory, and reports
+/// the task it was running as interrupted, so the controller hears of it
+/// at once.
 fn killed_agent_leaves_nothing(fs: &Path, work: &Path) {
     let tc = "tc-killed";
     let tftp = work.join("tftp");
@@ -156,7 +158,7 @@ fn killed_agent_leaves_nothing(fs: &Path, work: &Path) {
     let state = work.join(format!("state-{tc}"));
     let repo = vm::TinyRepo::serve(work, None);
     let ctl = task_controller("killed-1", &repo.url);
-    let args = vm::agent_args(fs, work, tc, &[], &ctl.url("/"));
+    let args = vm::agent_args(fs, work, tc, &["--instance", "2"], &ctl.url("/"));
     let mut agent = AgentProc::spawn(&args);
     common::wait_for("the task's guest at work", Duration::from_secs(600), || {
         (agent.stderr().matches("guest's first TFTP request").count() >= 2).then_some(())
@@ -167,13 +169,29 @@ fn killed_agent_leaves_nothing(fs: &Path, work: &Path) {
     common::wait_for("QEMU gone with its agent", Duration::from_secs(10), || {
         vm::qemu_processes(tc).is_empty().then_some(())
     });
-    // What SIGKILL skipped is still there ...
-    assert_eq!(common::temporaries(fs).len(), 1, "the task's snapshot");
-    let run = state.join("instance-1/run");
+    // What SIGKILL skipped is still there, every name with instance 2 ...
+    let temps = common::temporaries(fs);
+    assert_eq!(temps.len(), 1, "the task's snapshot");
+    let temp = temps[0].display().to_string();
+    assert!(
+        temp.contains(&format!("{MACHINE}-{tc}-bbot-tmp-2-")),
+        "{temp}"
+    );
+    let run = state.join("instance-2/run");
     assert_eq!(fs::read_dir(&run).map(|d| d.count()).unwrap_or(0), 1);
-    assert!(tftp.join("build").join(tc).join("1").exists());
-    assert_eq!(vm::netns_of(tc).len(), 1, "the guest's network namespace");
-    assert!(!vm::cgroups_of(tc).is_empty(), "the VM's cgroup");
+    assert!(tftp.join("build").join(tc).join("2").exists());
+    let netns = vm::netns_of(tc);
+    assert_eq!(netns.len(), 1, "the guest's network namespace");
+    // bbot-<toolchain>-<toolchain-num>-<instance>-<pid>-<n>
+    assert!(
+        netns[0].starts_with(&format!("bbot-{tc}-1-2-")),
+        "{netns:?}"
+    );
+    let cgroups = vm::cgroups_of(tc);
+    assert!(!cgroups.is_empty(), "the VM's cgroup");
+    for g in &cgroups {
+        assert!(g.contains(&format!("/bbot-{tc}-1-2-")), "{cgroups:?}");
+    }
     assert!(ctl.requests_to("/result").is_empty());
     // ... until the next start, which also reports the task.
     let mut next = AgentProc::spawn(&args);
@@ -199,7 +217,7 @@ fn killed_agent_leaves_nothing(fs: &Path, work: &Path) {
         "run directory left:\n{log}"
     );
     assert!(
-        !tftp.join("build").join(tc).join("1").exists(),
+        !tftp.join("build").join(tc).join("2").exists(),
         "TFTP directory left:\n{log}"
     );
     assert!(log.contains("removed leftover run directory"), "{log}");

@@ -45,6 +45,19 @@ fn toolchain_name(s: &str) -> Result<String, String> {
     }
 }
 
+/// `--systemd-instance`: `<toolchain-name>-<instance>`, split at the last
+/// dash.
+fn unit_instance(s: &str) -> Result<(String, u16), String> {
+    let Some((tc, n)) = s.rsplit_once('-') else {
+        return Err("expected <toolchain-name>-<instance>, e.g. gcc-1".into());
+    };
+    let n: u16 = match n.parse() {
+        Ok(n) if (1..=99).contains(&n) => n,
+        _ => return Err(format!("'{n}' is not an instance number 1..99")),
+    };
+    Ok((toolchain_name(tc)?, n))
+}
+
 /// A duration option in seconds, `min..=MAX_SECONDS`.
 fn seconds(min: u64) -> clap::builder::RangedU64ValueParser<u64> {
     clap::value_parser!(u64).range(min..=MAX_SECONDS)
@@ -170,6 +183,12 @@ pub struct Cli {
     /// Run as a systemd daemon: journald priority prefixes on log lines.
     #[arg(long)]
     pub systemd_daemon: bool,
+    /// The template unit's instance string `<toolchain-name>-<instance>`
+    /// (`bbot-agent@gcc-2`): sets both (the number is always last, so a
+    /// toolchain name may contain dashes).
+    #[arg(long, value_name = "TC-N", value_parser = unit_instance,
+          conflicts_with_all = ["toolchain_name", "instance"])]
+    pub systemd_instance: Option<(String, u16)>,
     /// Print the machine headers that would be offered and exit.
     #[arg(long)]
     pub dump_machines: bool,
@@ -217,6 +236,21 @@ pub struct Cli {
 }
 
 impl Cli {
+    /// Parses the command line (or fails as clap does) and applies
+    /// `--systemd-instance`.
+    pub fn parse_args() -> Result<Cli, clap::Error> {
+        Self::try_parse().map(Self::with_unit_instance)
+    }
+
+    /// Applies `--systemd-instance` to the toolchain name and instance.
+    pub fn with_unit_instance(mut self) -> Self {
+        if let Some((tc, n)) = self.systemd_instance.clone() {
+            self.toolchain_name = tc;
+            self.instance = n;
+        }
+        self
+    }
+
     /// The toolchain's state directory, shared by its instances (the
     /// source mirrors live there).
     pub fn state_dir(&self) -> PathBuf {
@@ -312,6 +346,19 @@ mod tests {
             let cli = Cli::try_parse_from(["bbot-agent", "--toolchain-name", good]);
             assert_eq!(cli.map(|c| c.toolchain_name).ok().as_deref(), Some(good));
         }
+    }
+
+    #[test]
+    fn a_unit_instance_names_toolchain_and_instance() {
+        let cli = Cli::try_parse_from(["bbot-agent", "--systemd-instance", "gcc-12-3"])
+            .unwrap()
+            .with_unit_instance();
+        assert_eq!((cli.toolchain_name.as_str(), cli.instance), ("gcc-12", 3));
+        for bad in ["gcc", "gcc-0", "gcc-100", "-1", "../x-1", "gcc-x"] {
+            let e = refused(&[&format!("--systemd-instance={bad}")]);
+            assert!(e.contains("--systemd-instance"), "{bad}: {e}");
+        }
+        refused(&["--systemd-instance", "gcc-1", "--instance", "2"]);
     }
 
     #[test]
