@@ -87,16 +87,19 @@ fn run_case(fs: &Path, work: &Path, case: &Case<'_>) -> (ResultRequestManifest, 
         });
         agent.signal("TERM");
     }
-    let body = common::wait_for(
-        &format!("{} result", case.behaviour),
-        Duration::from_secs(600),
-        || {
-            ctl.requests_to("/result")
-                .into_iter()
-                .next()
-                .map(|r| r.body)
-        },
-    );
+    let end = std::time::Instant::now() + Duration::from_secs(600);
+    let body = loop {
+        if let Some(r) = ctl.requests_to("/result").into_iter().next() {
+            break r.body;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "no {} result in time; agent log:\n{}",
+            case.behaviour,
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let log = if case.interrupt {
         let st = agent.wait(Duration::from_secs(60));
         assert_eq!(
@@ -144,7 +147,9 @@ fn run_case(fs: &Path, work: &Path, case: &Case<'_>) -> (ResultRequestManifest, 
 }
 
 /// The agent (instance 2 of its toolchain) is SIGKILLed while its guest
-/// works: QEMU dies with it (PR_SET_PDEATHSIG). Every name it left carries
+/// works: QEMU dies with it (PR_SET_PDEATHSIG). Its controller has the
+/// boost flag (`10000=`), so the guest has every hardware thread of the
+/// host rather than `--cpu 1`. Every name it left carries
 /// its instance. The next start of that instance removes the temporary
 /// snapshot, the run directory and the task's TFTP directory, and reports
 /// the task it was running as interrupted, so the controller hears of it
@@ -158,12 +163,26 @@ fn killed_agent_leaves_nothing(fs: &Path, work: &Path) {
     let state = work.join(format!("state-{tc}"));
     let repo = vm::TinyRepo::serve(work, None);
     let ctl = task_controller("killed-1", &repo.url);
-    let args = vm::agent_args(fs, work, tc, &["--instance", "2"], &ctl.url("/"));
+    let boosted = format!("10000={}", ctl.url("/"));
+    let args = vm::agent_args(fs, work, tc, &["--instance", "2"], &boosted);
     let mut agent = AgentProc::spawn(&args);
-    common::wait_for("the task's guest at work", Duration::from_secs(600), || {
-        (agent.stderr().matches("guest's first TFTP request").count() >= 2).then_some(())
-    });
-    assert_eq!(vm::qemu_processes(tc).len(), 1, "{}", agent.stderr());
+    let end = std::time::Instant::now() + Duration::from_secs(600);
+    while agent.stderr().matches("guest's first TFTP request").count() < 2 {
+        assert!(
+            std::time::Instant::now() < end && agent.running(),
+            "the task's guest never got to work:\n{}",
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let qemu = vm::qemu_processes(tc);
+    assert_eq!(qemu.len(), 1, "{}", agent.stderr());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        qemu[0].contains(&format!(" -smp {threads} ")),
+        "boosted: every hardware thread ({threads}): {}",
+        qemu[0]
+    );
     agent.signal("KILL");
     agent.wait(Duration::from_secs(10));
     common::wait_for("QEMU gone with its agent", Duration::from_secs(10), || {

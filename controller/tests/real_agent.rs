@@ -59,6 +59,24 @@ fn the_real_agent_runs_a_job_into_the_table() {
             );
         }
     }
+    // The job page the real agent's results filled, in a real browser.
+    let job_url = format!("{}jobs/{id}", c.url);
+    let dom = common::browser::browse(&job_url, "--dump-dom");
+    for board in ["sandbox", "qemu_arm64"] {
+        assert!(
+            dom.contains(&format!("<th>{board} <span")),
+            "{board}:\n{dom}"
+        );
+    }
+    for cell in ["cell-0-0", "cell-0-1", "cell-1-0", "cell-1-1"] {
+        let needle = format!("<td class=\"cell success\" id=\"{cell}\">");
+        assert!(dom.contains(&needle), "{needle} missing:\n{dom}");
+    }
+    let png = common::browser::artifact("real-agent-job-page.png");
+    let _ = std::fs::remove_file(&png);
+    common::browser::browse(&job_url, &format!("--screenshot={}", png.display()));
+    let bytes = std::fs::read(&png).expect("screenshot written");
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 10_000);
     // The agent is listed with its machine.
     let (_, agents) = get(&format!("{}api/agents", c.url));
     assert!(

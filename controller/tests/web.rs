@@ -6,62 +6,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
+use common::browser::{artifact, browse};
 use common::{ask, get, post_manifest, result_for, result_request, Controller};
 use manifests::ResultStatus;
 use serde_json::json;
 
 const MACHINE: &str = "x86_64-debian_12-uboot";
 const HOSTILE: &str = "<script>alert('pwned')</script> & </pre><b>bold</b>";
-
-fn chromium() -> PathBuf {
-    for c in ["chromium", "chromium-browser"] {
-        if Command::new(c)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            return PathBuf::from(c);
-        }
-    }
-    panic!("headless Chromium is needed (Debian package `chromium`: apt-get install chromium)");
-}
-
-/// Runs headless Chromium as root can: `mode` is `--dump-dom` or
-/// `--screenshot=FILE`; returns stdout.
-fn browse(url: &str, mode: &str) -> String {
-    let profile = tempfile::tempdir().expect("profile dir");
-    let out = Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--no-first-run",
-            "--hide-scrollbars",
-            "--window-size=1280,900",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(mode)
-        .arg(url)
-        .output()
-        .expect("run chromium");
-    assert!(
-        out.status.success(),
-        "chromium {mode} {url}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn artifact(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("controller-web");
-    std::fs::create_dir_all(&dir).expect("artifact dir");
-    dir.join(name)
-}
 
 #[test]
 fn pages_in_a_real_browser() {

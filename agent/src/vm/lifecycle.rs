@@ -371,7 +371,7 @@ impl Vm {
         let mut vm = Vm {
             name: spec.name.clone(),
             child,
-            qmp: QmpClient::new(channels.qmp_path(), QMP_TIMEOUT),
+            qmp: QmpClient::new(channels.qmp_socket(), QMP_TIMEOUT),
             state: VmState::Running,
             console_log,
             console: Some(console),

@@ -15,7 +15,9 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use crate::vm::qmp::SocketPath;
 use std::process::Command;
 
 /// The socket file of the QMP channel in a run directory.
@@ -24,7 +26,7 @@ pub const QMP_SOCKET: &str = "qmp.sock";
 /// Channels for one QEMU, to be inherited by it.
 pub struct Channels {
     qmp: UnixListener,
-    qmp_path: PathBuf,
+    qmp_socket: SocketPath,
     console_qemu: UnixStream,
     console_agent: Option<UnixStream>,
     tap: Option<OwnedFd>,
@@ -64,14 +66,14 @@ impl Channels {
     /// Creates the channels of a QEMU whose run directory is `run_dir`,
     /// and opens its tap device `tap` (bridge networking).
     pub fn open(run_dir: &Path, tap: Option<&str>) -> io::Result<Channels> {
-        let qmp_path = run_dir.join(QMP_SOCKET);
-        let _ = std::fs::remove_file(&qmp_path);
-        let qmp = UnixListener::bind(&qmp_path)?;
+        let qmp_socket = SocketPath::in_dir(run_dir, QMP_SOCKET)?;
+        let _ = std::fs::remove_file(qmp_socket.full());
+        let qmp = UnixListener::bind(qmp_socket.short())?;
         let (console_agent, console_qemu) = UnixStream::pair()?;
         let tap = tap.map(open_tap).transpose()?;
         Ok(Channels {
             qmp,
-            qmp_path,
+            qmp_socket,
             console_qemu,
             console_agent: Some(console_agent),
             tap,
@@ -79,8 +81,8 @@ impl Channels {
     }
 
     /// Where the agent connects for QMP.
-    pub fn qmp_path(&self) -> &Path {
-        &self.qmp_path
+    pub fn qmp_socket(&self) -> SocketPath {
+        self.qmp_socket.clone()
     }
 
     /// The agent's end of the console (once).

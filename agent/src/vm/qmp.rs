@@ -10,9 +10,13 @@
 
 use qapi::qmp::{qmp_capabilities, QapiCapabilities};
 use qapi::{Command, Qmp, Stream};
+use std::fs::File;
 use std::io::{self, BufRead, BufReader};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 type Connection = Qmp<Stream<BufReader<UnixStream>, UnixStream>>;
@@ -49,19 +53,63 @@ pub enum QmpError {
     },
 }
 
+/// A Unix socket in a directory, reachable however long the directory's
+/// path: a socket address holds at most 107 bytes, and a run directory
+/// under a long `--state` with long machine and toolchain names exceeds
+/// that. The directory is held open and the socket reached as
+/// `/proc/self/fd/<dir>/<name>`, a path of a few dozen bytes.
+#[derive(Debug, Clone)]
+pub struct SocketPath {
+    dir: Arc<File>,
+    name: String,
+    full: PathBuf,
+}
+
+impl SocketPath {
+    /// Socket `name` in directory `dir` (which must exist).
+    pub fn in_dir(dir: &Path, name: &str) -> std::io::Result<SocketPath> {
+        let handle = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(dir)?;
+        Ok(SocketPath {
+            dir: Arc::new(handle),
+            name: name.to_string(),
+            full: dir.join(name),
+        })
+    }
+
+    /// The short path to bind or connect to (valid in this process while
+    /// this value lives).
+    pub fn short(&self) -> PathBuf {
+        PathBuf::from(format!(
+            "/proc/self/fd/{}/{}",
+            self.dir.as_raw_fd(),
+            self.name
+        ))
+    }
+
+    /// The real path, for people.
+    pub fn full(&self) -> &Path {
+        &self.full
+    }
+}
+
 /// A lazily (re)connecting QMP client for one VM.
 pub struct QmpClient {
+    socket: SocketPath,
     path: PathBuf,
     timeout: Duration,
     conn: Option<Connection>,
 }
 
 impl QmpClient {
-    /// A client for the socket at `path`; each exchange waits at most
-    /// `timeout` for its answer.
-    pub fn new(path: &Path, timeout: Duration) -> Self {
+    /// A client for `socket`; each exchange waits at most `timeout` for
+    /// its answer.
+    pub fn new(socket: SocketPath, timeout: Duration) -> Self {
         QmpClient {
-            path: path.to_path_buf(),
+            path: socket.full().to_path_buf(),
+            socket,
             timeout,
             conn: None,
         }
@@ -74,10 +122,11 @@ impl QmpClient {
 
     fn connect(&mut self) -> Result<&mut Connection, QmpError> {
         if self.conn.is_none() {
-            let stream = UnixStream::connect(&self.path).map_err(|source| QmpError::Connect {
-                path: self.path.clone(),
-                source,
-            })?;
+            let stream =
+                UnixStream::connect(self.socket.short()).map_err(|source| QmpError::Connect {
+                    path: self.path.clone(),
+                    source,
+                })?;
             let io_err = |source| QmpError::Connect {
                 path: self.path.clone(),
                 source,
@@ -137,5 +186,30 @@ impl QmpClient {
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn a_socket_deeper_than_an_address_can_hold_is_reachable() {
+        let base = tempfile::tempdir().unwrap();
+        let deep = base.path().join("d".repeat(60)).join("e".repeat(60));
+        std::fs::create_dir_all(&deep).unwrap();
+        let sock = SocketPath::in_dir(&deep, "qmp.sock").unwrap();
+        assert!(sock.full().as_os_str().len() > 108);
+        assert!(UnixListener::bind(sock.full()).is_err(), "too long as such");
+        let listener = UnixListener::bind(sock.short()).unwrap();
+        assert!(sock.full().exists(), "the socket is where it belongs");
+        let mut c = UnixStream::connect(sock.clone().short()).unwrap();
+        let (mut s, _) = listener.accept().unwrap();
+        c.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"x");
     }
 }

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod browser;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
