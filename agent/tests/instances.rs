@@ -250,6 +250,11 @@ fn three_instances_share_two_machines() {
         &[],
         std::slice::from_ref(&url),
     );
+    // Only once the first holds its instance lock (else the second may
+    // win); it logs its VM settings right after taking it.
+    wait_for("instance 1's lock held", Duration::from_secs(20), || {
+        one.stderr().contains("VM settings").then_some(())
+    });
     let mut again = instance(fs.path(), work.path(), 1, BUILD, &[], &[url]);
     let st = again.wait(Duration::from_secs(20));
     assert_eq!(st.code(), Some(1));
