@@ -263,7 +263,7 @@ fn a_hostile_guest_reaches_nothing_and_forges_nothing() {
 
     // The legitimate guest must still be there when the hostile one has
     // tried to reach it: the hostile guest marks that on its console.
-    let hostile_run = work.path().join("state-tc-hostile/run");
+    let hostile_run = work.path().join("state-tc-hostile/instance-1/run");
     common::wait_for(
         "the hostile guest's network attacks",
         Duration::from_secs(600),
@@ -400,7 +400,7 @@ fn a_hostile_guest_reaches_nothing_and_forges_nothing() {
     assert!(hostile_log.matches("over the session's 16 uploads").count() >= 984);
 
     // The console log stayed at its cap, and says so.
-    let logs = work.path().join("state-tc-hostile/logs");
+    let logs = work.path().join("state-tc-hostile/instance-1/logs");
     let console = std::fs::read_dir(&logs)
         .expect("console logs")
         .flatten()

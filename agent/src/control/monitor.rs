@@ -62,6 +62,12 @@ pub fn victims<'h>(
 
 /// Asks a victim's instance to interrupt its task (SIGUSR1), if the
 /// recorded pid is still a `bbot-agent` (never a recycled pid's process).
+///
+/// The signal goes to the process, not to the task: should the victim
+/// finish the task it was picked for and begin another between the
+/// record's reading and the signal (microseconds), that next task is the
+/// one interrupted, reported `interrupt` and handed out again by its
+/// controller. No result is lost; one build is repeated.
 pub fn interrupt(victim: &Holder, machine: &str) -> bool {
     if !fsutil::process_alive(victim.pid, "bbot-agent") {
         tracing::warn!(
