@@ -203,8 +203,8 @@ fn tasks_build_boards_in_real_guests() {
     );
     assert!(vm::qemu_processes("uboot").is_empty(), "QEMU left running");
     assert!(
-        !tftp.join("build/uboot").exists(),
-        "TFTP build directory left"
+        !tftp.join("build/uboot/1").exists(),
+        "instance 1's TFTP build directory left"
     );
 
     // Every board × commit, with the expected statuses, and the same as a
