@@ -244,6 +244,31 @@ fn crash_leftovers_cleaned_at_start() {
     assert!(theirs.exists(), "other toolchain's snapshot left alone");
 }
 
+/// Another instance died during a task (SIGKILL: its machine lock's record
+/// was never emptied, its snapshot is still there). The next round of any
+/// instance that takes that lock deletes the snapshot, without a restart.
+#[test]
+fn a_dead_instances_snapshot_goes_in_the_next_round() {
+    let fs = BtrfsLoop::new();
+    let m = fs.path().to_path_buf();
+    add_revision(&m, "v", "x", 1, "x1", false);
+    set_link(&m, "v", "x", 1, true);
+    let runner = fake();
+    let ms = Machines::new(cfg(&m, None), &runner, Cancel::new());
+    drop(ms.enumerate().expect("round 1"));
+    let dir = m.join("v/x");
+    let left = dir.join("x-default-bbot-tmp-2-4000000-0");
+    btrfs::create_subvolume(&left).expect("snapshot of the dead instance");
+    std::fs::write(
+        dir.join("x-default.lock"),
+        "bbot-lock i=02 pid=4000000000 hold=task      p=0000 s=0\n",
+    )
+    .expect("its record");
+    let offered = ms.enumerate().expect("round 2");
+    assert_eq!(names(&offered), ["x"]);
+    assert!(!left.exists(), "the dead instance's snapshot is deleted");
+}
+
 #[test]
 fn read_only_revision() {
     let fs = BtrfsLoop::new();

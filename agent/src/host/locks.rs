@@ -51,6 +51,8 @@ const MAX_RECORD: u64 = 512;
 pub struct LockFile {
     file: File,
     path: PathBuf,
+    /// The file held a record when the lock was taken.
+    inherited_record: bool,
 }
 
 fn open(path: &Path) -> Result<File, LockError> {
@@ -72,6 +74,7 @@ impl LockFile {
         let file = open(path)?;
         match file.try_lock() {
             Ok(()) => Ok(Some(LockFile {
+                inherited_record: file.metadata().is_ok_and(|m| m.len() > 0),
                 file,
                 path: path.to_path_buf(),
             })),
@@ -91,10 +94,36 @@ impl LockFile {
         cancel: &Cancel,
         waiting: impl FnOnce(Option<Holder>),
     ) -> Result<LockFile, LockError> {
+        Self::wait(path, None, cancel, waiting)?
+            .ok_or_else(|| LockError::Interrupted(path.to_path_buf()))
+    }
+
+    /// Waits up to `limit` for the lock (until `cancel`); `None` when it
+    /// stayed held.
+    pub fn acquire_within(
+        path: &Path,
+        limit: Duration,
+        cancel: &Cancel,
+    ) -> Result<Option<LockFile>, LockError> {
+        Self::wait(path, Some(limit), cancel, |_| {})
+    }
+
+    /// The one waiting loop: tries every [`RETRY`] until the lock is
+    /// taken, `limit` (if any) has passed (`None`), or `cancel` is set.
+    fn wait(
+        path: &Path,
+        limit: Option<Duration>,
+        cancel: &Cancel,
+        waiting: impl FnOnce(Option<Holder>),
+    ) -> Result<Option<LockFile>, LockError> {
+        let end = limit.map(|l| Instant::now() + l);
         let mut waiting = Some(waiting);
         loop {
             if let Some(l) = Self::try_acquire(path)? {
-                return Ok(l);
+                return Ok(Some(l));
+            }
+            if end.is_some_and(|e| Instant::now() >= e) {
+                return Ok(None);
             }
             if let Some(w) = waiting.take() {
                 w(read_record(path));
@@ -105,25 +134,12 @@ impl LockFile {
         }
     }
 
-    /// Waits up to `limit` for the lock (until `cancel`); `None` when it
-    /// stayed held.
-    pub fn acquire_within(
-        path: &Path,
-        limit: Duration,
-        cancel: &Cancel,
-    ) -> Result<Option<LockFile>, LockError> {
-        let end = Instant::now() + limit;
-        loop {
-            if let Some(l) = Self::try_acquire(path)? {
-                return Ok(Some(l));
-            }
-            if Instant::now() >= end {
-                return Ok(None);
-            }
-            if cancel.sleep(RETRY) {
-                return Err(LockError::Interrupted(path.to_path_buf()));
-            }
-        }
+    /// Whether the previous holder died holding it: a holder empties its
+    /// record before it lets go, so a record found on taking the lock was
+    /// left by one that did not get to (SIGKILL, a crash), and whatever it
+    /// was doing (a temporary snapshot) may be left too.
+    pub fn holder_died(&self) -> bool {
+        self.inherited_record
     }
 
     /// The lock file.
@@ -296,10 +312,29 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&p).unwrap().len(), first.len());
         assert_eq!(holder(&p), Some(h));
         assert!(LockFile::try_acquire(&p).unwrap().is_none(), "held");
+        assert!(!l.holder_died(), "a fresh lock file has no record");
         drop(l);
         assert_eq!(holder(&p), None, "free once dropped");
         assert_eq!(read_record(&p), None, "its record is gone with it");
         assert!(LockFile::try_acquire(&p).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_record_left_behind_tells_of_a_dead_holder() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("m-tc.lock");
+        // A holder killed with SIGKILL: it wrote its record and never
+        // emptied it; the kernel dropped its lock with its descriptor.
+        let dead = open(&p).unwrap();
+        dead.try_lock().unwrap();
+        let record = Holder::me(1, HoldFor::Task, Priority(0)).to_record();
+        dead.write_all_at(record.as_bytes(), 0).unwrap();
+        drop(dead);
+        let next = LockFile::try_acquire(&p).unwrap().expect("free again");
+        assert!(next.holder_died());
+        drop(next);
+        let after = LockFile::try_acquire(&p).unwrap().expect("free");
+        assert!(!after.holder_died(), "a clean release leaves no record");
     }
 
     #[test]

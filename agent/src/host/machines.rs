@@ -367,7 +367,11 @@ impl<'a> Machines<'a> {
                     continue;
                 }
             };
-            self.delete_temporaries(&md);
+            // Temporary snapshots can only be left where a holder died;
+            // start-up (`clean_leftovers`) looks everywhere.
+            if lock.holder_died() {
+                self.delete_temporaries(&md);
+            }
             match self.machine(&md, &lock) {
                 Ok(Some(mut m)) => {
                     lock.record(&Holder::me(self.cfg.instance, HoldFor::Offer, Priority(0)));
