@@ -65,31 +65,27 @@ fn run(n: u16, build: u64, secs: u64) -> usize {
         Reply::ok(task_response(&m.name, &url, &format!("s{i}")))
     });
     result_url.set(ctl.url("/result")).expect("once");
+    let build = build.to_string();
     let mut agents: Vec<AgentProc> = (1..=n)
         .map(|i| {
-            AgentProc::spawn(&[
-                "--machines",
-                &fs.path().display().to_string(),
-                "--tftp",
-                &work.path().join("tftp").display().to_string(),
-                "--state",
-                &work.path().join("state").display().to_string(),
-                "--toolchain-name",
-                "bench",
+            let i = i.to_string();
+            let opts = [
                 "--fake-bootstrap",
                 "--fake-build",
                 "--fake-build-result",
                 "success",
                 "--fake-build-duration",
-                &build.to_string(),
-                "--idle-sleep",
-                "1",
+                &build,
                 "--instance",
-                &i.to_string(),
-                "--verbose",
-                "1",
+                &i,
+            ];
+            AgentProc::spawn(&common::vm::agent_args(
+                fs.path(),
+                work.path(),
+                "bench",
+                &opts,
                 &ctl.url("/task"),
-            ])
+            ))
         })
         .collect();
     // Counted from the first task on (bootstraps are not the point here).

@@ -20,6 +20,7 @@ use bbot_agent::host::locks::LockFile;
 use common::agent::AgentProc;
 use common::btrfs_loop::BtrfsLoop;
 use common::controller::{task_response, Reply, TestController};
+use common::vm;
 use common::{add_revision, set_link, temporaries, wait_for};
 use manifests::{Document, ResultRequestManifest, ResultStatus, TaskRequestManifest};
 
@@ -101,7 +102,9 @@ fn machines(fs: &Path, names: &[&str]) {
     }
 }
 
-/// An agent instance with fake bootstraps and fake builds of `build`.
+/// An agent instance of toolchain `tc` with fake bootstraps and fake
+/// builds of `build`, polling `urls` (its state in `<work>/state-tc`,
+/// shared by the instances).
 fn instance(
     fs: &Path,
     work: &Path,
@@ -110,34 +113,21 @@ fn instance(
     extra: &[&str],
     urls: &[String],
 ) -> AgentProc {
-    let mut args: Vec<String> = [
-        "--machines",
-        &fs.display().to_string(),
-        "--tftp",
-        &work.join("tftp").display().to_string(),
-        "--state",
-        &work.join("state").display().to_string(),
-        "--toolchain-name",
-        "tc",
+    let (build, n) = (build.as_secs().to_string(), n.to_string());
+    let mut opts = vec![
         "--fake-bootstrap",
         "--fake-build",
         "--fake-build-result",
         "success",
         "--fake-build-duration",
-        &build.as_secs().to_string(),
-        "--idle-sleep",
-        "1",
+        &build,
         "--instance",
-        &n.to_string(),
-        "--verbose",
-        "3",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.extend(urls.iter().cloned());
-    AgentProc::spawn(&args)
+        &n,
+    ];
+    opts.extend_from_slice(extra);
+    let (last, first) = urls.split_last().expect("a controller");
+    opts.extend(first.iter().map(String::as_str));
+    AgentProc::spawn(&vm::agent_args(fs, work, "tc", &opts, last))
 }
 
 #[test]
@@ -237,7 +227,7 @@ fn three_instances_share_two_machines() {
     for n in 1..=3 {
         assert!(work
             .path()
-            .join(format!("state/instance-{n}/results"))
+            .join(format!("state-tc/instance-{n}/results"))
             .is_dir());
     }
     assert!(temporaries(fs.path()).is_empty(), "{all}");
