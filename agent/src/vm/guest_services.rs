@@ -52,6 +52,7 @@ pub struct GuestServices {
     cgroup: Option<Arc<VmCgroup>>,
     tftp_addr: String,
     source_url: Option<String>,
+    source_port: Option<u16>,
 }
 
 fn failed(what: &str) -> impl Fn(String) -> RunnerError + '_ {
@@ -112,6 +113,7 @@ impl GuestServices {
                 guest::SOURCE_REPOSITORY
             )
         });
+        let source_port = source.as_ref().map(|s| s.local_addr().port());
         Ok(GuestServices {
             _source: source,
             tftp,
@@ -119,6 +121,7 @@ impl GuestServices {
             cgroup,
             tftp_addr,
             source_url,
+            source_port,
         })
     }
 
@@ -130,6 +133,12 @@ impl GuestServices {
     /// `host:port` of the TFTP server, as the guest reaches it.
     pub fn tftp_addr(&self) -> &str {
         &self.tftp_addr
+    }
+
+    /// The ports the guest may reach on the host: TFTP (UDP) and, for a
+    /// task, the source (TCP).
+    pub fn ports(&self) -> (u16, Option<u16>) {
+        (self.tftp.local_addr().port(), self.source_port)
     }
 
     /// The git URL of the source, as the guest reaches it.

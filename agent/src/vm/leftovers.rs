@@ -59,6 +59,7 @@ impl VmLeftovers {
             return n;
         }
         if let Some(prefix) = &self.tap_prefix {
+            n += crate::vm::tap::clean_leftover_filters(prefix);
             n += clean_taps(prefix);
         }
         n += crate::vm::netns::clean_leftovers(&self.vm_prefix);

@@ -12,9 +12,9 @@
 //! manifest's relative `options` paths resolve there. A `Vm` that is
 //! dropped while not `Exited` is forced down.
 
-use crate::vm::iproute::ip;
 use crate::vm::qemu_channels::Channels;
 use crate::vm::qmp::{QmpClient, QmpError};
+use crate::vm::tap::{Tap, TapFilter};
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -75,6 +75,8 @@ pub enum Network {
         bridge: String,
         /// The tap device's name (at most 15 characters).
         tap: String,
+        /// What the guest may reach through the tap (`tap`).
+        filter: TapFilter,
     },
 }
 
@@ -183,26 +185,9 @@ pub struct Vm {
     /// (after QEMU, whose exit closes the console).
     console: Option<crate::vm::console::ConsoleLog>,
     qemu_log: PathBuf,
-    /// The tap device this VM owns (bridge networking), deleted when QEMU
-    /// is gone.
-    tap: Option<String>,
-}
-
-/// Creates tap device `tap` and enslaves it to `bridge`, up.
-/// QEMU gets the tap as a descriptor the agent opened (`qemu_channels`),
-/// so the tap needs no owner.
-fn create_tap(tap: &str, bridge: &str) -> Result<(), VmError> {
-    let fail = |e: String| VmError::Network(e);
-    // A tap of this name can only be a leftover of a crashed run.
-    let _ = ip(&["link", "delete", "dev", tap]);
-    ip(&["tuntap", "add", "dev", tap, "mode", "tap"]).map_err(fail)?;
-    let attached = ip(&["link", "set", "dev", tap, "master", bridge])
-        .and_then(|()| ip(&["link", "set", "dev", tap, "up"]));
-    if let Err(e) = attached {
-        let _ = ip(&["link", "delete", "dev", tap]);
-        return Err(fail(e));
-    }
-    Ok(())
+    /// The tap device this VM owns (bridge networking), deleted with its
+    /// filter when QEMU is gone.
+    tap: Option<Tap>,
 }
 
 /// The KVM check behind a clear error: `/dev/kvm` must open read-write.
@@ -300,19 +285,15 @@ impl Vm {
             .map_err(confined)?;
         let tap = match &spec.network {
             Network::User => None,
-            Network::Bridge { bridge, tap } => {
-                create_tap(tap, bridge)?;
-                Some(tap.clone())
-            }
+            Network::Bridge {
+                bridge,
+                tap,
+                filter,
+            } => Some(Tap::create(tap, bridge, &spec.mac, filter).map_err(VmError::Network)?),
         };
-        // From here on a failure must not leave the tap behind.
-        let delete_tap = || {
-            if let Some(t) = &tap {
-                let _ = ip(&["link", "delete", "dev", t]);
-            }
-        };
+        // From here on a failure drops (deletes) the tap.
         let console_log = spec.run_dir.join("console.log");
-        let opened = Channels::open(&spec.run_dir, tap.as_deref())
+        let opened = Channels::open(&spec.run_dir, tap.as_ref().map(Tap::name))
             .map_err(io_err(&spec.run_dir))
             .and_then(|mut channels| {
                 let end = channels.take_console().ok_or_else(|| VmError::Io {
@@ -327,13 +308,7 @@ impl Vm {
                 .map_err(io_err(&console_log))?;
                 Ok((channels, console))
             });
-        let (channels, console) = match opened {
-            Ok(c) => c,
-            Err(e) => {
-                delete_tap();
-                return Err(e);
-            }
-        };
+        let (channels, console) = opened?;
         let args = qemu_args(spec, &channels);
         tracing::debug!("starting {} {}", spec.qemu.display(), args.join(" "));
         let mut cmd = Command::new(&spec.qemu);
@@ -361,13 +336,7 @@ impl Vm {
                 source,
             })
         });
-        let child = match spawned {
-            Ok(c) => c,
-            Err(e) => {
-                delete_tap();
-                return Err(e);
-            }
-        };
+        let child = spawned?;
         let mut vm = Vm {
             name: spec.name.clone(),
             child,
@@ -433,11 +402,8 @@ impl Vm {
     /// Records QEMU's exit and releases what it used.
     fn exited(&mut self, status: ExitStatus) {
         self.state = VmState::Exited(status);
-        if let Some(tap) = self.tap.take() {
-            if let Err(e) = ip(&["link", "delete", "dev", &tap]) {
-                tracing::warn!("VM {}: cannot delete tap device: {e}", self.name);
-            }
-        }
+        // Dropping the tap deletes its filter and the device.
+        self.tap = None;
     }
 
     /// Waits until QEMU exits or `timeout` passes; `keep_going` is asked

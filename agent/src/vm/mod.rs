@@ -20,4 +20,5 @@ pub mod qmp;
 pub mod result_check;
 pub mod runner;
 pub mod source_server;
+pub mod tap;
 pub mod tftp;

@@ -36,6 +36,7 @@ use crate::vm::result_check::vet_guest_result;
 use crate::vm::runner::{
     BootstrapJob, MachineRunner, RunnerError, TaskJob, TaskObserver, Unobserved,
 };
+use crate::vm::tap::TapFilter;
 use crate::vm::tftp::{shown_name, Phase, TftpEvent, TftpLayout, TftpServer};
 use manifests::guest;
 
@@ -126,6 +127,9 @@ impl QemuRunner {
         if cfg.accel == Accel::Kvm {
             crate::vm::lifecycle::check_kvm()?;
         }
+        if cfg.vm.bridge.is_some() {
+            crate::vm::tap::check_available().map_err(crate::vm::lifecycle::VmError::Network)?;
+        }
         let cgroups = cgroup::detect();
         match cgroups {
             Some(v) => tracing::info!("VMs run in cgroups ({v:?})"),
@@ -181,16 +185,16 @@ impl QemuRunner {
     }
 
     /// The address the TFTP server binds and the one the guest is told.
-    fn tftp_addresses(&self) -> Result<(IpAddr, IpAddr), RunnerError> {
+    fn tftp_addresses(&self) -> Result<(Ipv4Addr, Ipv4Addr), RunnerError> {
         match &self.cfg.vm.bridge {
-            None => Ok((IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4(USER_NET_HOST))),
+            None => Ok((Ipv4Addr::LOCALHOST, USER_NET_HOST)),
             Some(bridge) => {
                 let ip = interface_ipv4(bridge).ok_or_else(|| {
                     RunnerError::Failed(format!(
                         "bridge {bridge} has no IPv4 address for the guest to reach the TFTP server"
                     ))
                 })?;
-                Ok((IpAddr::V4(ip), IpAddr::V4(ip)))
+                Ok((ip, ip))
             }
         }
     }
@@ -251,8 +255,8 @@ impl QemuRunner {
             phase,
             get_dir: &layout.get_dir(phase),
             put_dir: &layout.put_dir(phase),
-            bind,
-            advertised,
+            bind: IpAddr::V4(bind),
+            advertised: IpAddr::V4(advertised),
             name: &services_name,
             own_netns: self.cfg.vm.bridge.is_none(),
             cgroup: self.cgroups.map(|v| (v, limits)),
@@ -294,6 +298,11 @@ impl QemuRunner {
                 None => Network::User,
                 Some(b) => Network::Bridge {
                     bridge: b.clone(),
+                    filter: TapFilter {
+                        host: bind,
+                        tftp_port: services.ports().0,
+                        source_port: services.ports().1,
+                    },
                     // Unique on the host while this agent runs this VM.
                     tap: format!(
                         "{}{}",
