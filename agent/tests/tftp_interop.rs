@@ -1,6 +1,7 @@
 //! The agent's TFTP server against real clients: tftp-hpa, busybox and
 //! curl, for GET, PUT, the blksize option, and every way a guest might try
-//! to leave its directories.
+//! to leave its directories; and the guest's own client (worker-guest's)
+//! with RFC 7440 windows, whose size the server caps.
 
 use bbot_agent::vm::tftp::{Phase, SessionRules, TftpEvent, TftpServer};
 use std::fs;
@@ -310,4 +311,44 @@ fn refusals_carry_the_right_tftp_error_codes() {
     assert_eq!(code("../outside/secret"), Some(69), "an escape is error 2");
     assert_eq!(code("escape"), Some(69), "a symlink out is error 2");
     assert_eq!(code("sub"), Some(69), "a directory is error 2");
+}
+
+#[test]
+fn guest_client_downloads_in_windows() {
+    let s = setup(1 << 20);
+    let big = fs::read(s.get.join("big.bin")).unwrap();
+    for (blksize, window) in [(1428, 16), (512, 64), (65464, 4)] {
+        let got =
+            worker_guest::tftp_client::TftpClient::new((Ipv4Addr::LOCALHOST, port(&s)).into())
+                .with_blksize(blksize)
+                .with_windowsize(window)
+                .with_timeout(Duration::from_millis(500), 4)
+                .get("big.bin")
+                .unwrap_or_else(|e| panic!("GET at {blksize}, window {window}: {e}"));
+        assert!(got == big, "{} bytes of {}", got.len(), big.len());
+    }
+}
+
+#[test]
+fn a_guest_asking_for_a_huge_window_gets_the_cap() {
+    // A window is buffered whole by the server: 65535 blocks of 64 KiB
+    // would be 4 GiB. The OACK grants WINDOW_SIZE_LIMIT.
+    let s = setup(1 << 20);
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut rrq = vec![0, 1];
+    rrq.extend_from_slice(b"big.bin\x00octet\x00blksize\x0065464\x00windowsize\x0065535\x00");
+    sock.send_to(&rrq, ("127.0.0.1", port(&s))).unwrap();
+    let mut buf = [0u8; 1024];
+    let (n, from) = sock.recv_from(&mut buf).unwrap();
+    let oack = &buf[..n];
+    assert_eq!(&oack[..2], &[0, 6], "an OACK: {oack:?}");
+    let want = format!("windowsize\0{}\0", bbot_agent::vm::tftp::WINDOW_SIZE_LIMIT);
+    assert!(
+        oack.windows(want.len()).any(|w| w == want.as_bytes()),
+        "{:?}",
+        String::from_utf8_lossy(oack)
+    );
+    // Abort the transfer politely.
+    sock.send_to(b"\x00\x05\x00\x00done\x00", from).unwrap();
 }

@@ -81,6 +81,12 @@ struct TftpArgs {
     #[arg(long, value_name = "BYTES", default_value_t = tftp_client::DEFAULT_BLKSIZE)]
     tftp_blksize: u16,
 
+    /// Blocks per round trip in downloads (RFC 7440 windowsize; 1 asks
+    /// for none, for servers that mishandle it).
+    #[arg(long, value_name = "BLOCKS", default_value_t = tftp_client::DEFAULT_WINDOWSIZE,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    tftp_windowsize: u16,
+
     /// Debug output on stderr.
     #[arg(short = 'D', long)]
     debug: bool,
@@ -225,6 +231,7 @@ fn tftp_client(args: &TftpArgs) -> anyhow::Result<TftpClient> {
     }
     Ok(TftpClient::new(server)
         .with_blksize(args.tftp_blksize)
+        .with_windowsize(args.tftp_windowsize)
         .with_timeout(
             Duration::from_secs_f64(args.tftp_timeout),
             args.tftp_retries,

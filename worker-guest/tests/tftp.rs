@@ -173,6 +173,107 @@ fn fake_tid() -> UdpSocket {
     s
 }
 
+/// The next packet the client sends to `tid` (ERROR on timeout).
+fn next_from_client(tid: &UdpSocket) -> Vec<u8> {
+    let mut buf = [0u8; 2048];
+    let (n, _) = tid.recv_from(&mut buf).expect("a packet from the client");
+    buf[..n].to_vec()
+}
+
+fn data_block(block: u16, len: usize) -> Vec<u8> {
+    let mut p = vec![0, 3];
+    p.extend_from_slice(&block.to_be_bytes());
+    p.resize(4 + len, (block % 251) as u8);
+    p
+}
+
+#[test]
+fn windowed_download_acks_once_per_window_and_repairs_a_gap_at_once() {
+    // RFC 7440 with a window of 4: the client acknowledges block 4 only
+    // (not 1-3); when block 6 is lost it acknowledges 5 as soon as 7
+    // arrives (once, not again for 8), and counts its next window from 6.
+    let server = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let handle = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let (n, client) = server.recv_from(&mut buf).expect("RRQ");
+        let rrq = &buf[..n];
+        assert!(
+            rrq.windows(13).any(|w| w == b"windowsize\x004\x00"),
+            "RRQ asks for the window: {rrq:?}"
+        );
+        let tid = fake_tid();
+        tid.send_to(b"\x00\x06blksize\x001024\x00windowsize\x004\x00", client)
+            .expect("OACK");
+        assert_eq!(next_from_client(&tid), [0, 4, 0, 0]);
+        for b in 1..=4 {
+            tid.send_to(&data_block(b, 1024), client).expect("DATA");
+        }
+        assert_eq!(next_from_client(&tid), [0, 4, 0, 4], "one ACK per window");
+        for b in [5, 7, 8] {
+            tid.send_to(&data_block(b, 1024), client).expect("DATA");
+        }
+        assert_eq!(next_from_client(&tid), [0, 4, 0, 5], "the gap, at once");
+        tid.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        let mut probe = [0u8; 16];
+        assert!(
+            tid.recv_from(&mut probe).is_err(),
+            "a gap is reported once per window"
+        );
+        tid.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        for (b, len) in [(6, 1024), (7, 1024), (8, 1024), (9, 10)] {
+            tid.send_to(&data_block(b, len), client).expect("DATA");
+        }
+        assert_eq!(
+            next_from_client(&tid),
+            [0, 4, 0, 9],
+            "the new window ends at 9"
+        );
+    });
+    let start = Instant::now();
+    let got = TftpClient::new(addr)
+        .with_blksize(1024)
+        .with_windowsize(4)
+        .with_timeout(Duration::from_secs(5), 2)
+        .get("f")
+        .expect("GET f");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    handle.join().expect("fake server");
+    let want: Vec<u8> = (1u16..=9)
+        .flat_map(|b| vec![(b % 251) as u8; if b == 9 { 10 } else { 1024 }])
+        .collect();
+    assert!(got == want, "{} bytes", got.len());
+}
+
+#[test]
+fn windowed_downloads_from_the_agents_server_library() {
+    // async-tftp grants the window; every end-of-transfer case and a
+    // transfer that wraps the block number inside windows.
+    let dir = TestDir::new("tftp-async-window");
+    let server = AsyncTftpServer::start(&dir.path);
+    for window in [2, 16, 64] {
+        let client = TftpClient::new(server.addr)
+            .with_blksize(512)
+            .with_windowsize(window)
+            .with_timeout(Duration::from_millis(500), 4);
+        for (i, &size) in SIZES.iter().enumerate() {
+            let data = noise(size, i as u32 + u32::from(window));
+            let name = format!("win-{window}-{size}");
+            std::fs::write(dir.path.join(&name), &data).expect("write served file");
+            let got = client
+                .get(&name)
+                .unwrap_or_else(|e| panic!("GET {name}: {e}"));
+            assert!(got == data, "GET {name}: {} bytes of {size}", got.len());
+        }
+    }
+}
+
 #[test]
 fn lost_acks_are_repaired_at_once_on_duplicates() {
     // The server "loses" the client's ACK 0 and ACK 1 and resends the OACK

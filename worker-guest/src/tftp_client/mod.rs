@@ -1,6 +1,13 @@
 //! The guest's own TFTP client (RFC 1350 with the blksize and tsize
-//! options of RFC 2347–2349), so a guest needs nothing but `worker-guest`
-//! to fetch its task and upload its result.
+//! options of RFC 2347–2349, and RFC 7440's windowsize for downloads), so
+//! a guest needs nothing but `worker-guest` to fetch its task and upload
+//! its result.
+//!
+//! With a window of W blocks the server sends W blocks per round trip and
+//! the client acknowledges the last of them (or the last block it got in
+//! order, which makes the server resend from there), so a download is no
+//! longer bound by one round trip per block. Uploads ask for no window:
+//! the agent's server (async-tftp) has none for writes.
 //!
 //! Hand-written rather than a crate: the TFTP client crates on crates.io
 //! are async-only or unmaintained, and the protocol is a page of code. It
@@ -35,6 +42,9 @@ pub const MIN_BLKSIZE: u16 = 8;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default number of resends before a transfer is given up.
 pub const DEFAULT_RETRIES: u32 = 8;
+/// Blocks per window asked for in downloads (RFC 7440): 16 × 1428 bytes
+/// in flight, well inside a guest NIC's and the agent's socket buffers.
+pub const DEFAULT_WINDOWSIZE: u16 = 16;
 
 /// A transfer that failed.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +131,7 @@ impl TftpError {
 pub struct TftpClient {
     server: SocketAddr,
     blksize: u16,
+    windowsize: u16,
     timeout: Duration,
     retries: u32,
 }
@@ -143,6 +154,9 @@ struct Transfer<'c> {
     peer: Option<SocketAddr>,
     what: String,
     buf: Vec<u8>,
+    /// Whether the last exchange had to resend its packet (a download's
+    /// window restarts after the block that packet acknowledged).
+    resent: bool,
 }
 
 impl<'c> Transfer<'c> {
@@ -163,6 +177,7 @@ impl<'c> Transfer<'c> {
             peer: None,
             what,
             buf: vec![0; usize::from(u16::MAX) + 4],
+            resent: false,
         })
     }
 
@@ -231,9 +246,21 @@ impl<'c> Transfer<'c> {
     fn exchange<T>(
         &mut self,
         packet: &[u8],
-        mut judge: impl FnMut(&Packet<'_>) -> Verdict<T>,
+        judge: impl FnMut(&Packet<'_>) -> Verdict<T>,
     ) -> Result<T, TftpError> {
         self.send(packet)?;
+        self.await_answer(packet, judge)
+    }
+
+    /// [`Transfer::exchange`] without the first send: `packet` was sent
+    /// already, or is only sent when the server falls silent (inside a
+    /// download window, where blocks are not acknowledged one by one).
+    fn await_answer<T>(
+        &mut self,
+        packet: &[u8],
+        mut judge: impl FnMut(&Packet<'_>) -> Verdict<T>,
+    ) -> Result<T, TftpError> {
+        self.resent = false;
         let mut retries = 0;
         let mut deadline = Instant::now() + self.client.timeout;
         loop {
@@ -250,6 +277,7 @@ impl<'c> Transfer<'c> {
                 }
                 retries += 1;
                 self.send(packet)?;
+                self.resent = true;
                 deadline = Instant::now() + self.client.timeout;
                 continue;
             };
@@ -280,7 +308,10 @@ impl<'c> Transfer<'c> {
             match judge(&p) {
                 Verdict::Done(Ok(v)) => return Ok(v),
                 Verdict::Done(Err(a)) => return Err(self.abort(a)),
-                Verdict::Resend => self.send(packet)?,
+                Verdict::Resend => {
+                    self.send(packet)?;
+                    self.resent = true;
+                }
                 Verdict::Ignore => {}
             }
         }
@@ -294,6 +325,7 @@ impl TftpClient {
         TftpClient {
             server,
             blksize: DEFAULT_BLKSIZE,
+            windowsize: DEFAULT_WINDOWSIZE,
             timeout: DEFAULT_TIMEOUT,
             retries: DEFAULT_RETRIES,
         }
@@ -304,6 +336,13 @@ impl TftpClient {
     /// know no options).
     pub fn with_blksize(mut self, blksize: u16) -> Self {
         self.blksize = blksize.clamp(MIN_BLKSIZE, MAX_BLKSIZE);
+        self
+    }
+
+    /// Asks for another window in downloads (RFC 7440), at least 1 (1
+    /// sends no windowsize option: one block per round trip).
+    pub fn with_windowsize(mut self, windowsize: u16) -> Self {
+        self.windowsize = windowsize.max(1);
         self
     }
 
@@ -320,10 +359,15 @@ impl TftpClient {
         self.server
     }
 
-    fn options(&self, tsize: u64) -> Vec<(&'static str, String)> {
+    /// The options of a request; `windowsize` is asked for only when 2
+    /// or more.
+    fn options(&self, tsize: u64, windowsize: u16) -> Vec<(&'static str, String)> {
         let mut o = vec![("tsize", tsize.to_string())];
         if self.blksize != 512 {
             o.push(("blksize", self.blksize.to_string()));
+        }
+        if windowsize > 1 {
+            o.push(("windowsize", windowsize.to_string()));
         }
         o
     }
@@ -331,15 +375,17 @@ impl TftpClient {
     /// Downloads `name`.
     pub fn get(&self, name: &str) -> Result<Vec<u8>, TftpError> {
         let mut t = Transfer::new(self, format!("GET {name}"))?;
-        let rrq = request(RRQ, name, &self.options(0));
-        let asked = self.blksize;
+        let rrq = request(RRQ, name, &self.options(0, self.windowsize));
+        let (asked, asked_window) = (self.blksize, self.windowsize);
         // First answer: OACK (options accepted) or DATA 1 (options ignored).
         enum First {
             Options(Accepted),
             Block(Vec<u8>),
         }
         let first = t.exchange(&rrq, |p| match p {
-            Packet::OAck(opts) => Verdict::Done(accepted_options(opts, asked).map(First::Options)),
+            Packet::OAck(opts) => {
+                Verdict::Done(accepted_options(opts, asked, asked_window).map(First::Options))
+            }
             Packet::Data(1, chunk) => Verdict::Done(Ok(First::Block(chunk.to_vec()))),
             _ => Verdict::Ignore,
         })?;
@@ -354,10 +400,7 @@ impl TftpClient {
                 (a, 1u16, ack(0))
             }
             First::Block(chunk) => {
-                let opts = Accepted {
-                    blksize: 512,
-                    tsize: None,
-                };
+                let opts = Accepted::PLAIN;
                 if chunk.len() > opts.blksize {
                     return Err(t.abort(Abort::new(
                         ERR_UNDEFINED,
@@ -373,11 +416,19 @@ impl TftpClient {
                 (opts, 2u16, ack(1))
             }
         };
+        // `last_ack` acknowledges the last block received in order; it is
+        // sent when a window is complete, and again whenever the server
+        // falls silent or resends (then it resends from the block after).
+        let mut ack_now = true;
+        let mut in_window: u16 = 0;
         loop {
             let expected = next;
             let previous = expected.wrapping_sub(1);
             let blksize = opts.blksize;
-            let chunk = t.exchange(&last_ack, |p| match p {
+            // A block past the one expected means one was lost: say so
+            // once (the server resends from the last acknowledged block).
+            let mut gap_reported = false;
+            let judge = |p: &Packet<'_>| match p {
                 Packet::Data(b, chunk) if *b == expected => {
                     if chunk.len() > blksize {
                         Verdict::Done(Err(Abort::new(
@@ -391,14 +442,37 @@ impl TftpClient {
                         Verdict::Done(Ok(chunk.to_vec()))
                     }
                 }
-                // Our ACK was lost and the server resent the block we had.
+                // Our ACK was lost and the server resent the block we had
+                // (the last of its window).
                 Packet::Data(b, _) if *b == previous => Verdict::Resend,
                 // Our ACK 0 of its OACK was lost and it resent the OACK.
                 Packet::OAck(_) if expected == 1 => Verdict::Resend,
+                Packet::Data(b, _)
+                    if !gap_reported
+                        && b.wrapping_sub(expected) < opts.windowsize
+                        && *b != expected =>
+                {
+                    gap_reported = true;
+                    Verdict::Resend
+                }
                 _ => Verdict::Ignore,
-            })?;
+            };
+            let chunk = if ack_now {
+                t.exchange(&last_ack, judge)?
+            } else {
+                t.await_answer(&last_ack, judge)?
+            };
             out.extend_from_slice(&chunk);
             last_ack = ack(expected);
+            if t.resent {
+                // The server resends from this block on: a new window.
+                in_window = 0;
+            }
+            in_window += 1;
+            ack_now = in_window >= opts.windowsize;
+            if ack_now {
+                in_window = 0;
+            }
             if chunk.len() < blksize {
                 t.send(&last_ack)?;
                 if let Some(n) = opts.tsize.filter(|&n| n != 0 && n != out.len() as u64) {
@@ -416,10 +490,12 @@ impl TftpClient {
     /// Uploads `contents` as `name`.
     pub fn put(&self, name: &str, contents: &[u8]) -> Result<(), TftpError> {
         let mut t = Transfer::new(self, format!("PUT {name}"))?;
-        let wrq = request(WRQ, name, &self.options(contents.len() as u64));
+        let wrq = request(WRQ, name, &self.options(contents.len() as u64, 1));
         let asked = self.blksize;
         let blksize = t.exchange(&wrq, |p| match p {
-            Packet::OAck(opts) => Verdict::Done(accepted_options(opts, asked).map(|a| a.blksize)),
+            Packet::OAck(opts) => {
+                Verdict::Done(accepted_options(opts, asked, 1).map(|a| a.blksize))
+            }
             Packet::Ack(0) => Verdict::Done(Ok(512)),
             _ => Verdict::Ignore,
         })?;

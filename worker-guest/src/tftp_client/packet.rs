@@ -116,20 +116,39 @@ impl Abort {
 pub(super) struct Accepted {
     pub(super) blksize: usize,
     pub(super) tsize: Option<u64>,
+    /// Blocks per window (RFC 7440); 1 when the server did not answer it.
+    pub(super) windowsize: u16,
 }
 
-/// Reads an OACK: a blksize is only valid within what we asked for; a
-/// tsize must be a number.
+impl Accepted {
+    /// What a server that answers no options uses.
+    pub(super) const PLAIN: Accepted = Accepted {
+        blksize: 512,
+        tsize: None,
+        windowsize: 1,
+    };
+}
+
+/// Reads an OACK: a blksize or windowsize is only valid within what we
+/// asked for (`asked`: blksize, `asked_window`: windowsize, 1 for not
+/// asked); a tsize must be a number.
 pub(super) fn accepted_options(
     options: &[(String, String)],
     asked: u16,
+    asked_window: u16,
 ) -> Result<Accepted, Abort> {
-    let mut out = Accepted {
-        blksize: 512,
-        tsize: None,
-    };
+    let mut out = Accepted::PLAIN;
     for (k, v) in options {
         match k.as_str() {
+            "windowsize" => match v.parse::<u16>() {
+                Ok(n) if asked_window > 1 && (1..=asked_window).contains(&n) => out.windowsize = n,
+                _ => {
+                    return Err(Abort::new(
+                        ERR_OPTIONS,
+                        format!("server answered windowsize {v}, asked for at most {asked_window}"),
+                    ))
+                }
+            },
             "blksize" => match v.parse::<u16>() {
                 Ok(n) if asked != 512 && (MIN_BLKSIZE..=asked).contains(&n) => {
                     out.blksize = usize::from(n)
@@ -184,24 +203,39 @@ mod tests {
     fn option_answers_are_checked() {
         let o = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
         assert_eq!(
-            accepted_options(&o("blksize", "1024"), 1428)
+            accepted_options(&o("blksize", "1024"), 1428, 1)
                 .ok()
                 .map(|a| a.blksize),
             Some(1024)
         );
-        assert!(accepted_options(&o("blksize", "2000"), 1428).is_err());
-        assert!(accepted_options(&o("blksize", "1024"), 512).is_err());
-        assert!(accepted_options(&o("blksize", "x"), 1428).is_err());
+        assert!(accepted_options(&o("blksize", "2000"), 1428, 1).is_err());
+        assert!(accepted_options(&o("blksize", "1024"), 512, 1).is_err());
+        assert!(accepted_options(&o("blksize", "x"), 1428, 1).is_err());
         assert_eq!(
-            accepted_options(&o("tsize", "77"), 512)
+            accepted_options(&o("tsize", "77"), 512, 1)
                 .ok()
                 .and_then(|a| a.tsize),
             Some(77)
         );
-        assert!(accepted_options(&o("tsize", "-1"), 512).is_err());
+        assert!(accepted_options(&o("tsize", "-1"), 512, 1).is_err());
         assert_eq!(
-            accepted_options(&[], 1428).ok().map(|a| a.blksize),
+            accepted_options(&[], 1428, 16).ok().map(|a| a.blksize),
             Some(512)
+        );
+        // windowsize: only what was asked for, 1 when not answered.
+        let w = |v: &str, asked| {
+            accepted_options(&o("windowsize", v), 1428, asked)
+                .ok()
+                .map(|a| a.windowsize)
+        };
+        assert_eq!(w("8", 16), Some(8));
+        assert_eq!(w("16", 16), Some(16));
+        assert_eq!(w("17", 16), None);
+        assert_eq!(w("0", 16), None);
+        assert_eq!(w("2", 1), None);
+        assert_eq!(
+            accepted_options(&[], 1428, 16).ok().map(|a| a.windowsize),
+            Some(1)
         );
     }
 }

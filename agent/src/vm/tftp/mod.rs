@@ -26,15 +26,19 @@ mod paths;
 mod session;
 
 use async_tftp::server::TftpServerBuilder;
+use std::cell::Cell;
 use std::fs;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use manifests::guest::Phase;
 pub use paths::{resolve_get, resolve_put, Refusal, RefusalKind};
@@ -160,6 +164,57 @@ pub enum TftpError {
     Server(String),
 }
 
+/// The largest RFC 7440 window a client gets (blocks per round trip):
+/// the guest's client asks for 16; at most 64 × 64 KiB in memory per
+/// transfer.
+pub const WINDOW_SIZE_LIMIT: u16 = 64;
+
+thread_local! {
+    /// When a small block last moved on this server thread (read for a
+    /// GET, written for a PUT): see [`BUSY_AFTER_BLOCK`].
+    static LAST_SMALL_BLOCK: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Notes that a block of `len` bytes moved on this server thread.
+fn block_moved(len: usize) {
+    let when = (len <= BUSY_BLOCK_LIMIT).then(Instant::now);
+    LAST_SMALL_BLOCK.with(|c| c.set(when));
+}
+
+/// How long after a small block moved the server thread keeps polling
+/// rather than sleeping until the next packet: about a loopback round trip
+/// and a half. With blocks of a few hundred bytes to a few KiB the client
+/// answers sooner than a sleep and wake-up take, so sleeping between the
+/// blocks made the server as slow as tftpd-hpa at 512 and 1428 bytes;
+/// polling made it 2.5 × faster. It costs at most this much CPU per
+/// block, and nothing between transfers.
+const BUSY_AFTER_BLOCK: Duration = Duration::from_micros(500);
+
+/// The largest block after which the server polls. A client takes longer
+/// to take in a large block than a sleep lasts, and each poll is several
+/// system calls (the reactor's timers and interest), so polling made
+/// 64 KiB blocks slower (1.4 × tftpd-hpa) where sleeping is not.
+const BUSY_BLOCK_LIMIT: usize = 8192;
+
+/// The server's future, re-polled at once (instead of sleeping) while a
+/// transfer is moving: see [`BUSY_AFTER_BLOCK`].
+struct BusyWhileTransferring<F>(F);
+
+impl<F: Future + Unpin> Future for BusyWhileTransferring<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let r = Pin::new(&mut self.0).poll(cx);
+        let moving = LAST_SMALL_BLOCK
+            .with(Cell::get)
+            .is_some_and(|t| t.elapsed() < BUSY_AFTER_BLOCK);
+        if r.is_pending() && moving {
+            cx.waker().wake_by_ref();
+        }
+        r
+    }
+}
+
 /// Run first on the server's thread (to enter a network namespace).
 pub type EnterFn = Box<dyn FnOnce() -> io::Result<()> + Send>;
 
@@ -227,13 +282,17 @@ impl TftpServer {
                         return;
                     }
                 };
-                futures_lite::future::block_on(async move {
+                async_io::block_on(async move {
                     let built = async {
                         TftpServerBuilder::with_handler(handler)
                             .std_socket(socket)
                             .map_err(|e| e.to_string())?
                             .timeout(Duration::from_secs(3))
                             .max_send_retries(10)
+                            // A window is buffered whole: without a limit a
+                            // guest asking for 65535 blocks of 64 KiB would
+                            // make one transfer hold 4 GiB.
+                            .window_size_limit(WINDOW_SIZE_LIMIT)
                             .build()
                             .await
                             .map_err(|e| e.to_string())
@@ -255,7 +314,11 @@ impl TftpServer {
                         }
                         Ok(())
                     };
-                    if let Err(e) = futures_lite::future::or(server.serve(), stopped).await {
+                    let serving = BusyWhileTransferring(Box::pin(futures_lite::future::or(
+                        server.serve(),
+                        stopped,
+                    )));
+                    if let Err(e) = serving.await {
                         tracing::error!("TFTP server on {addr} failed: {e}");
                     }
                 })
