@@ -24,17 +24,12 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bbot_agent::vm::console::ConsoleLog;
-use bbot_agent::vm::lifecycle::{qemu_args, Accel, Network, VmSpec};
-use bbot_agent::vm::qemu_channels::Channels;
-use bbot_agent::vm::tftp::{SessionRules, TftpServer};
-use common::vm::{self, GitDaemon, MACHINE};
-use manifests::{guest, BootstrappedMachineManifest, Document};
+use common::hand_vm::HandTask;
+use common::vm::{self, MACHINE};
 
 const TOOLCHAIN: &str = "uboot";
 const ROUNDS: usize = 2;
@@ -129,93 +124,23 @@ fn through_agent(agent: &Path, machines: &Path, work: &Path, task: &str) -> (Dur
 /// The guest cloning `repository-url` itself: guest start to source ready.
 fn guest_clones(machines: &Path, work: &Path, task: &str, n: usize) -> Duration {
     let machine_dir = machines.join("default").join(MACHINE);
-    let bootstrapped = machine_dir.join(format!("{MACHINE}-{TOOLCHAIN}"));
-    let manifest = std::fs::read(bootstrapped.join("manifest")).expect("bootstrapped manifest");
-    let b = BootstrappedMachineManifest::parse(&manifest, "manifest").expect("parses");
-    let get = work.join(format!("hand-get-{n}"));
-    let put = work.join(format!("hand-put-{n}"));
-    std::fs::create_dir_all(&get).expect("get");
-    std::fs::create_dir_all(&put).expect("put");
-    std::fs::write(get.join("manifest"), task).expect("task");
-    let snapshot = machine_dir.join(format!("{MACHINE}-{TOOLCHAIN}-bench-{n}"));
-    let st = Command::new("btrfs")
-        .args(["-q", "subvolume", "snapshot"])
-        .arg(&bootstrapped)
-        .arg(&snapshot)
-        .status()
-        .expect("btrfs snapshot");
-    assert!(st.success());
-    let server = TftpServer::start(
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        &get,
-        &put,
-        SessionRules::for_phase(guest::Phase::Task),
-    )
-    .expect("TFTP server");
-    let tftp = SocketAddr::new(
-        IpAddr::V4(Ipv4Addr::new(10, 0, 2, 2)),
-        server.local_addr().port(),
-    )
-    .to_string();
-    let spec = VmSpec {
-        name: format!("{MACHINE}-{TOOLCHAIN}-bench"),
-        qemu: "qemu-system-x86_64".into(),
-        accel: Accel::Tcg,
+    let mut vm = HandTask {
+        machine_dir: &machine_dir,
+        bootstrapped: &format!("{MACHINE}-{TOOLCHAIN}"),
+        task,
+        work,
+        n,
         cpus: 2,
         ram_mib: 2048,
-        machine_dir: snapshot.clone(),
-        machine_options: b.machine.option_args().expect("options"),
-        mac: bbot_agent::vm::qemu_runner::machine_mac(&b.machine).to_string(),
-        network: Network::User,
-        fw_cfg: vec![
-            (guest::FW_CFG_TFTP.into(), tftp.clone()),
-            (
-                guest::FW_CFG_MODE.into(),
-                guest::Phase::Task.as_str().into(),
-            ),
-        ],
-        kernel_args: vec![
-            guest::cmdline_arg(guest::CMDLINE_TFTP, &tftp),
-            guest::cmdline_arg(guest::CMDLINE_MODE, guest::Phase::Task.as_str()),
-        ],
-        run_dir: work.join(format!("hand-run-{n}")),
-        netns: None,
-        confinement: bbot_agent::vm::confine::Confinement {
-            seccomp: true,
-            ..Default::default()
-        },
-    };
-    std::fs::create_dir_all(&spec.run_dir).expect("run dir");
-    let mut channels = Channels::open(&spec.run_dir, None).expect("channels");
-    let console_path = spec.run_dir.join("console.log");
-    let console = ConsoleLog::record(
-        channels.take_console().expect("console"),
-        &console_path,
-        bbot_agent::vm::console::CAP,
-    )
-    .expect("console");
-    let mut cmd = Command::new(&spec.qemu);
-    cmd.args(qemu_args(&spec, &channels))
-        .current_dir(&snapshot)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    channels.inherit(&mut cmd);
-    let mut qemu = cmd.spawn().expect("qemu");
-    drop(channels);
+    }
+    .start();
+    let console = vm.console_path.clone();
     let (started, ready) = watch_console(
-        || Some(console_path.clone()),
-        || qemu.try_wait().ok().flatten().is_none(),
+        || Some(console.clone()),
+        || vm.qemu.try_wait().ok().flatten().is_none(),
     );
-    let _ = qemu.kill();
-    let _ = qemu.wait();
-    console.finish();
-    drop(server);
-    let st = Command::new("btrfs")
-        .args(["-q", "subvolume", "delete"])
-        .arg(&snapshot)
-        .status()
-        .expect("btrfs delete");
-    assert!(st.success());
+    vm.kill();
+    vm.finish();
     ready - started
 }
 
@@ -236,20 +161,10 @@ fn main() {
     let work = tempfile::tempdir().expect("work dir");
     let worker_guest = vm::worker_guest_binary();
     vm::make_machine(fs.path(), &worker_guest);
-    let src = work.path().join("u-boot");
-    let commits = vm::uboot_tree(&src);
+    let uboot = vm::serve_uboot_tree(work.path());
+    let (commits, daemon) = (uboot.commits, uboot.daemon);
     let head = commits.last().expect("commits").clone();
-    let git_base = work.path().join("git");
-    std::fs::create_dir_all(&git_base).expect("git base");
-    let st = Command::new("git")
-        .args(["clone", "-q", "--bare"])
-        .arg(&src)
-        .arg(git_base.join("u-boot.git"))
-        .status()
-        .expect("git clone --bare");
-    assert!(st.success());
-    let pack_mib = dir_bytes(&git_base.join("u-boot.git")) as f64 / f64::from(1 << 20);
-    let daemon = GitDaemon::start(&git_base);
+    let pack_mib = dir_bytes(&uboot.bare) as f64 / f64::from(1 << 20);
     let tc_dir = work.path().join("tftp/toolchain").join(TOOLCHAIN);
     std::fs::create_dir_all(&tc_dir).expect("toolchain dir");
     std::fs::copy(&worker_guest, tc_dir.join("worker-guest")).expect("worker-guest");

@@ -16,17 +16,13 @@
 #[allow(dead_code)]
 mod btrfs_loop;
 
-use manifests::guest;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+#[path = "../tests/common/hand_vm.rs"]
+#[allow(dead_code)]
+mod hand_vm;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-use bbot_agent::vm::console::ConsoleLog;
-use bbot_agent::vm::lifecycle::{qemu_args, Accel, Network, VmSpec};
-use bbot_agent::vm::qemu_channels::Channels;
-use bbot_agent::vm::tftp::{SessionRules, TftpServer};
-use manifests::{BootstrappedMachineManifest, Document};
 
 const MACHINE: &str = "x86_64-debian_12-uboot";
 const TOOLCHAIN: &str = "bench";
@@ -90,90 +86,21 @@ fn through_agent(agent: &Path, machines: &Path, work: &Path) -> Duration {
 /// The same guest by hand; its wall time.
 fn by_hand(machines: &Path, work: &Path, n: usize) -> Duration {
     let machine_dir = machines.join("default").join(MACHINE);
-    let bootstrapped = machine_dir.join(format!("{MACHINE}-{TOOLCHAIN}"));
-    let manifest = std::fs::read(bootstrapped.join("manifest")).expect("bootstrapped manifest");
-    let b = BootstrappedMachineManifest::parse(&manifest, "manifest").expect("parses");
-    let get = work.join(format!("hand-get-{n}"));
-    let put = work.join(format!("hand-put-{n}"));
-    std::fs::create_dir_all(&get).expect("get");
-    std::fs::create_dir_all(&put).expect("put");
-    let snapshot = machine_dir.join(format!("{MACHINE}-{TOOLCHAIN}-hand-{n}"));
-
+    let task = task_manifest();
     let t = Instant::now();
-    let st = Command::new("btrfs")
-        .args(["-q", "subvolume", "snapshot"])
-        .arg(&bootstrapped)
-        .arg(&snapshot)
-        .status()
-        .expect("btrfs snapshot");
-    assert!(st.success());
-    std::fs::write(get.join("manifest"), task_manifest()).expect("task");
-    let server = TftpServer::start(
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        &get,
-        &put,
-        SessionRules::for_phase(guest::Phase::Task),
-    )
-    .expect("TFTP server");
-    let tftp = SocketAddr::new(
-        IpAddr::V4(Ipv4Addr::new(10, 0, 2, 2)),
-        server.local_addr().port(),
-    );
-    let spec = VmSpec {
-        name: format!("{MACHINE}-{TOOLCHAIN}-1"),
-        qemu: "qemu-system-x86_64".into(),
-        accel: Accel::Tcg,
+    let mut vm = hand_vm::HandTask {
+        machine_dir: &machine_dir,
+        bootstrapped: &format!("{MACHINE}-{TOOLCHAIN}"),
+        task: &task,
+        work,
+        n,
         cpus: 1,
         ram_mib: 1024,
-        machine_dir: snapshot.clone(),
-        machine_options: b.machine.option_args().expect("options"),
-        mac: bbot_agent::vm::qemu_runner::machine_mac(&b.machine).to_string(),
-        network: Network::User,
-        fw_cfg: vec![
-            (guest::FW_CFG_TFTP.into(), tftp.to_string()),
-            (
-                guest::FW_CFG_MODE.into(),
-                guest::Phase::Task.as_str().into(),
-            ),
-        ],
-        kernel_args: vec![
-            guest::cmdline_arg(guest::CMDLINE_TFTP, &tftp.to_string()),
-            guest::cmdline_arg(guest::CMDLINE_MODE, guest::Phase::Task.as_str()),
-        ],
-        run_dir: work.join(format!("hand-run-{n}")),
-        netns: None,
-        // The agent's seccomp filter; the bench starts QEMU itself, as root.
-        confinement: bbot_agent::vm::confine::Confinement {
-            seccomp: true,
-            ..Default::default()
-        },
-    };
-    std::fs::create_dir_all(&spec.run_dir).expect("run dir");
-    // QMP and the console as the agent hands them to QEMU.
-    let mut channels = Channels::open(&spec.run_dir, None).expect("channels");
-    let console = ConsoleLog::record(
-        channels.take_console().expect("console"),
-        &spec.run_dir.join("console.log"),
-        bbot_agent::vm::console::CAP,
-    )
-    .expect("console");
-    let mut cmd = Command::new(&spec.qemu);
-    cmd.args(qemu_args(&spec, &channels))
-        .current_dir(&snapshot)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    channels.inherit(&mut cmd);
-    let st = cmd.status().expect("qemu");
-    assert!(st.success(), "QEMU failed");
-    drop(channels);
-    console.finish();
-    drop(server);
-    let st = Command::new("btrfs")
-        .args(["-q", "subvolume", "delete"])
-        .arg(&snapshot)
-        .status()
-        .expect("btrfs delete");
-    assert!(st.success());
+    }
+    .start();
+    assert!(vm.wait().success(), "QEMU failed");
+    let put = vm.put.clone();
+    vm.finish();
     let elapsed = t.elapsed();
     let result = std::fs::read_to_string(put.join("manifest")).expect("guest result");
     assert!(result.contains("work@0-status: success"), "{result}");

@@ -13,7 +13,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -21,7 +20,7 @@ use std::time::{Duration, Instant};
 use common::agent::AgentProc;
 use common::btrfs_loop::BtrfsLoop;
 use common::controller::{Reply, TestController};
-use common::vm::{self, GitDaemon, MACHINE};
+use common::vm::{self, MACHINE};
 use manifests::{Document, ResultRequestManifest, ResultStatus};
 
 /// The board built, its architecture, and the files whose sizes the log
@@ -52,19 +51,9 @@ fn real_uboot_builds_in_a_real_guest() {
     vm::make_machine(fs.path(), &worker_guest);
     let machine_made = t0.elapsed();
 
-    let src = work.path().join("u-boot");
-    let commits = vm::uboot_tree(&src);
+    let uboot = vm::serve_uboot_tree(work.path());
+    let (commits, daemon) = (uboot.commits, uboot.daemon);
     let head = commits.last().expect("commits").clone();
-    let git_base = work.path().join("git");
-    std::fs::create_dir_all(&git_base).expect("git base");
-    let st = Command::new("git")
-        .args(["clone", "-q", "--bare"])
-        .arg(&src)
-        .arg(git_base.join("u-boot.git"))
-        .status()
-        .expect("git clone --bare");
-    assert!(st.success(), "git clone --bare of the U-Boot tree failed");
-    let daemon = GitDaemon::start(&git_base);
 
     let tftp = work.path().join("tftp");
     let tc_dir = tftp.join("toolchain/uboot");

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod btrfs_loop;
 pub mod controller;
+pub mod hand_vm;
 pub mod vm;
 
 use std::path::{Path, PathBuf};

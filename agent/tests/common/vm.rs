@@ -107,6 +107,40 @@ pub fn uboot_tree(dir: &Path) -> Vec<String> {
     commits
 }
 
+/// Debian's U-Boot tree served by `git daemon` on the host's loopback as
+/// `git://127.0.0.1:<port>/u-boot.git`: the real-U-Boot tasks' repository.
+pub struct ServedUboot {
+    /// The tree's commits, oldest first.
+    pub commits: Vec<String>,
+    /// The bare repository the daemon serves.
+    pub bare: PathBuf,
+    /// The daemon.
+    pub daemon: GitDaemon,
+}
+
+/// Makes Debian's U-Boot tree in `work/u-boot` ([`uboot_tree`]), a bare
+/// clone of it in `work/git/u-boot.git` and a daemon serving `work/git`.
+pub fn serve_uboot_tree(work: &Path) -> ServedUboot {
+    let src = work.join("u-boot");
+    let commits = uboot_tree(&src);
+    let git_base = work.join("git");
+    std::fs::create_dir_all(&git_base).expect("git base");
+    let bare = git_base.join("u-boot.git");
+    let st = Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(&src)
+        .arg(&bare)
+        .status()
+        .expect("git clone --bare");
+    assert!(st.success(), "git clone --bare of the U-Boot tree failed");
+    let daemon = GitDaemon::start(&git_base);
+    ServedUboot {
+        commits,
+        bare,
+        daemon,
+    }
+}
+
 /// A free TCP port on loopback (bound and released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
