@@ -10,18 +10,22 @@
 //! A second table is the guest's own client (worker-guest's `TftpClient`)
 //! at the guest's block size: against the agent's server with an RFC 7440
 //! window of 1 and of 16 blocks, and against tftpd-hpa (which answers no
-//! windowsize: 1).
+//! windowsize: 1). A third is the same client uploading a result of the
+//! largest size a guest may upload ([`guest::MAX_UPLOAD_BYTES`]), the way a
+//! result manifest travels.
 //!
 //! Run: `cargo bench -p bbot-agent --bench tftp_throughput`
 //! (`BENCH_ROUNDS`, default 3; `BENCH_BLOCK_SIZES`, default 512,1428,65464;
 //! tftpd-hpa's `in.tftpd` must be installed).
 
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bbot_agent::vm::tftp::{Phase, SessionRules, TftpServer};
+use manifests::guest;
 use worker_guest::tftp_client::TftpClient;
 
 const FILE_MIB: usize = 64;
@@ -42,7 +46,7 @@ impl Tftpd {
         let child = Command::new("/usr/sbin/in.tftpd")
             .args(["--foreground", "--address"])
             .arg(format!("127.0.0.1:{port}"))
-            .args(["--secure", "--blocksize", "65464"])
+            .args(["--secure", "--create", "--blocksize", "65464"])
             .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -91,6 +95,37 @@ fn client_get(port: u16, name: &str, blksize: u16, window: u16) -> f64 {
     secs
 }
 
+/// Seconds the guest's client takes to PUT `contents` as `name` to `port`
+/// at 1428 with a window of `window` blocks.
+fn client_put(port: u16, name: &str, contents: &[u8], window: u16) -> f64 {
+    let client = TftpClient::new((Ipv4Addr::LOCALHOST, port).into()).with_windowsize(window);
+    let t = Instant::now();
+    client
+        .put(name, contents)
+        .unwrap_or_else(|e| panic!("client PUT, window {window}: {e}"));
+    t.elapsed().as_secs_f64()
+}
+
+/// Seconds for one upload of `contents` to a fresh agent server (a task
+/// session, as a result travels) with a window of `window` blocks; the
+/// file must arrive whole.
+fn agent_put(dir: &Path, round: usize, contents: &[u8], window: u16) -> f64 {
+    let put_dir = dir.join(format!("agent-put-{round}-{window}"));
+    std::fs::create_dir_all(&put_dir).expect("put dir");
+    let server = TftpServer::start(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        dir,
+        &put_dir,
+        SessionRules::for_phase(Phase::Task),
+    )
+    .expect("agent's TFTP server");
+    let secs = client_put(server.local_addr().port(), "result", contents, window);
+    server.stop();
+    let got = std::fs::read(put_dir.join("result")).expect("uploaded file");
+    assert!(got == contents, "upload arrived damaged (window {window})");
+    secs
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -107,6 +142,9 @@ fn main() {
     let put_dir = dir.path().join("put");
     std::fs::create_dir_all(&get_dir).expect("get dir");
     std::fs::create_dir_all(&put_dir).expect("put dir");
+    // tftpd-hpa drops to an unprivileged user before it creates uploads.
+    std::fs::set_permissions(&get_dir, std::fs::Permissions::from_mode(0o777))
+        .expect("get dir mode");
     let data: Vec<u8> = (0..FILE_MIB << 20).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(get_dir.join("big.bin"), &data).expect("file");
     let out = dir.path().join("out");
@@ -168,5 +206,37 @@ fn main() {
     println!(
         "| tftpd-hpa | {h:.2} s ({:.1} MiB/s) | (no windowsize) | |",
         FILE_MIB as f64 / h
+    );
+
+    let up_len = guest::MAX_UPLOAD_BYTES as usize;
+    let upload = &data[..up_len];
+    let up_mib = up_len as f64 / f64::from(1 << 20);
+    println!();
+    println!(
+        "PUT of {up_mib:.0} MiB (the upload cap) with the guest's client at 1428, median of {rounds} rounds"
+    );
+    println!("| server | window 1 | window 16 | window 16 / tftpd-hpa |");
+    println!("|---|---|---|---|");
+    let mut w1 = Vec::new();
+    let mut w16 = Vec::new();
+    let mut h = Vec::new();
+    for round in 0..rounds {
+        w1.push(agent_put(dir.path(), round, upload, 1));
+        w16.push(agent_put(dir.path(), round, upload, 16));
+        let name = format!("up-{round}.bin");
+        h.push(client_put(hpa.port, &name, upload, 16));
+        let got = std::fs::read(get_dir.join(&name)).expect("tftpd-hpa's upload");
+        assert!(got == upload, "upload to tftpd-hpa arrived damaged");
+    }
+    let (w1, w16, h) = (median(w1), median(w16), median(h));
+    println!(
+        "| agent | {w1:.2} s ({:.1} MiB/s) | {w16:.2} s ({:.1} MiB/s) | {:.2} |",
+        up_mib / w1,
+        up_mib / w16,
+        w16 / h
+    );
+    println!(
+        "| tftpd-hpa | {h:.2} s ({:.1} MiB/s) | (no windowsize) | |",
+        up_mib / h
     );
 }

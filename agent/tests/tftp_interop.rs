@@ -352,3 +352,142 @@ fn a_guest_asking_for_a_huge_window_gets_the_cap() {
     // Abort the transfer politely.
     sock.send_to(b"\x00\x05\x00\x00done\x00", from).unwrap();
 }
+
+#[test]
+fn guest_client_uploads_in_windows() {
+    // The server's write side grants RFC 7440 windows too (its async-tftp
+    // carries a patch for it): every end-of-transfer case (short, exact
+    // multiple with a final empty block, one over) arrives whole.
+    let s = setup(1 << 22);
+    for (blksize, window) in [(1428, 16), (512, 64), (65464, 4)] {
+        let client =
+            worker_guest::tftp_client::TftpClient::new((Ipv4Addr::LOCALHOST, port(&s)).into())
+                .with_blksize(blksize)
+                .with_windowsize(window)
+                .with_timeout(Duration::from_millis(500), 4);
+        let b = usize::from(blksize);
+        for size in [1, b * usize::from(window) * 3, b * 20 + 1] {
+            let data: Vec<u8> = (0..size).map(|i| (i * 13 % 241) as u8).collect();
+            let name = format!("up-{blksize}-{window}-{size}");
+            client
+                .put(&name, &data)
+                .unwrap_or_else(|e| panic!("PUT {name}: {e}"));
+            wait_stored(&s, &name);
+            let got = fs::read(s.put.join(&name)).unwrap();
+            assert!(got == data, "{name}: {} bytes of {size}", got.len());
+        }
+    }
+}
+
+/// A hand-driven client: `wrq` sent to the server; returns the socket and
+/// the server's first answer with its transfer address.
+fn raw_write_request(s: &Setup, wrq: &[u8]) -> (std::net::UdpSocket, Vec<u8>, SocketAddr) {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.send_to(wrq, ("127.0.0.1", port(s))).unwrap();
+    let mut buf = [0u8; 1024];
+    let (n, from) = sock.recv_from(&mut buf).unwrap();
+    (sock, buf[..n].to_vec(), from)
+}
+
+fn raw_data(block: u16, len: usize) -> Vec<u8> {
+    let mut p = vec![0, 3];
+    p.extend_from_slice(&block.to_be_bytes());
+    p.resize(4 + len, (block % 251) as u8);
+    p
+}
+
+/// The packets that arrive on `sock` within `wait`.
+fn raw_answers(sock: &std::net::UdpSocket, wait: Duration) -> Vec<Vec<u8>> {
+    sock.set_read_timeout(Some(wait)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    while let Ok((n, _)) = sock.recv_from(&mut buf) {
+        out.push(buf[..n].to_vec());
+    }
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    out
+}
+
+#[test]
+fn a_windowed_upload_is_acknowledged_per_window_and_repaired_at_once() {
+    // Window of 4 blocks of 512: one ACK per window; a gap (block 7 lost)
+    // is acknowledged as soon as block 8 shows it, once, well before the
+    // server's 3 s timeout; a resent window of blocks already stored gets
+    // one ACK, not one per block; the short block ends the upload at once.
+    let s = setup(1 << 20);
+    let (sock, oack, tid) = raw_write_request(
+        &s,
+        b"\x00\x02win.bin\x00octet\x00windowsize\x004\x00tsize\x005125\x00",
+    );
+    assert_eq!(&oack[..2], &[0, 6], "an OACK: {oack:?}");
+    assert!(
+        oack.windows(13).any(|w| w == b"windowsize\x004\x00"),
+        "window granted: {:?}",
+        String::from_utf8_lossy(&oack)
+    );
+    let short = Duration::from_millis(400);
+    for b in 1..=4 {
+        sock.send_to(&raw_data(b, 512), tid).unwrap();
+    }
+    assert_eq!(
+        raw_answers(&sock, short),
+        [vec![0, 4, 0, 4]],
+        "one ACK per window"
+    );
+    for b in [5, 6, 8] {
+        sock.send_to(&raw_data(b, 512), tid).unwrap();
+    }
+    assert_eq!(
+        raw_answers(&sock, short),
+        [vec![0, 4, 0, 6]],
+        "the gap, once, at once"
+    );
+    // As if ACK 6 had been lost: the client resends its window 5-8.
+    for b in [5, 6] {
+        sock.send_to(&raw_data(b, 512), tid).unwrap();
+    }
+    for b in 7..=8 {
+        sock.send_to(&raw_data(b, 512), tid).unwrap();
+    }
+    assert_eq!(
+        raw_answers(&sock, short),
+        [vec![0, 4, 0, 6]],
+        "duplicates 5 and 6 are answered once; 7 and 8 start a window"
+    );
+    for b in 9..=10 {
+        sock.send_to(&raw_data(b, 512), tid).unwrap();
+    }
+    sock.send_to(&raw_data(11, 5), tid).unwrap();
+    assert_eq!(
+        raw_answers(&sock, short),
+        [vec![0, 4, 0, 10], vec![0, 4, 0, 11]],
+        "window 7-10, then the last block"
+    );
+    assert_eq!(wait_stored(&s, "win.bin"), 10 * 512 + 5);
+    let want: Vec<u8> = (1u16..=11)
+        .flat_map(|b| vec![(b % 251) as u8; if b == 11 { 5 } else { 512 }])
+        .collect();
+    assert!(fs::read(s.put.join("win.bin")).unwrap() == want);
+}
+
+#[test]
+fn an_upload_without_the_option_stays_one_block_per_ack() {
+    // RFC 1350 clients (tftp-hpa, busybox, curl) ask no window: every
+    // block is acknowledged, and a duplicate block is acknowledged again.
+    let s = setup(1 << 20);
+    let (sock, ack0, tid) = raw_write_request(&s, b"\x00\x02plain.bin\x00octet\x00");
+    assert_eq!(ack0, [0, 4, 0, 0]);
+    let short = Duration::from_millis(300);
+    sock.send_to(&raw_data(1, 512), tid).unwrap();
+    assert_eq!(raw_answers(&sock, short), [vec![0, 4, 0, 1]]);
+    sock.send_to(&raw_data(1, 512), tid).unwrap();
+    assert_eq!(
+        raw_answers(&sock, short),
+        [vec![0, 4, 0, 1]],
+        "duplicate re-acknowledged"
+    );
+    sock.send_to(&raw_data(2, 3), tid).unwrap();
+    assert_eq!(raw_answers(&sock, short), [vec![0, 4, 0, 2]]);
+    assert_eq!(wait_stored(&s, "plain.bin"), 515);
+}

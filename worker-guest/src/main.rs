@@ -81,8 +81,8 @@ struct TftpArgs {
     #[arg(long, value_name = "BYTES", default_value_t = tftp_client::DEFAULT_BLKSIZE)]
     tftp_blksize: u16,
 
-    /// Blocks per round trip in downloads (RFC 7440 windowsize; 1 asks
-    /// for none, for servers that mishandle it).
+    /// Blocks per round trip in downloads and uploads (RFC 7440
+    /// windowsize; 1 asks for none, for servers that mishandle it).
     #[arg(long, value_name = "BLOCKS", default_value_t = tftp_client::DEFAULT_WINDOWSIZE,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     tftp_windowsize: u16,

@@ -173,6 +173,23 @@ fn fake_tid() -> UdpSocket {
     s
 }
 
+/// A scripted server: waits for one request on a port of its own, then
+/// runs `script` with the request, the client's address and a fresh
+/// transfer socket ([`fake_tid`]). Returns where requests go and the
+/// script's thread, whose panics are the test's failures.
+fn scripted_server(
+    script: impl FnOnce(&[u8], SocketAddr, UdpSocket) + Send + 'static,
+) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    let server = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let handle = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let (n, client) = server.recv_from(&mut buf).expect("a request");
+        script(&buf[..n], client, fake_tid());
+    });
+    (addr, handle)
+}
+
 /// The next packet the client sends to `tid` (ERROR on timeout).
 fn next_from_client(tid: &UdpSocket) -> Vec<u8> {
     let mut buf = [0u8; 2048];
@@ -192,17 +209,11 @@ fn windowed_download_acks_once_per_window_and_repairs_a_gap_at_once() {
     // RFC 7440 with a window of 4: the client acknowledges block 4 only
     // (not 1-3); when block 6 is lost it acknowledges 5 as soon as 7
     // arrives (once, not again for 8), and counts its next window from 6.
-    let server = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let addr = server.local_addr().expect("addr");
-    let handle = std::thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        let (n, client) = server.recv_from(&mut buf).expect("RRQ");
-        let rrq = &buf[..n];
+    let (addr, handle) = scripted_server(|rrq, client, tid| {
         assert!(
             rrq.windows(13).any(|w| w == b"windowsize\x004\x00"),
             "RRQ asks for the window: {rrq:?}"
         );
-        let tid = fake_tid();
         tid.send_to(b"\x00\x06blksize\x001024\x00windowsize\x004\x00", client)
             .expect("OACK");
         assert_eq!(next_from_client(&tid), [0, 4, 0, 0]);
@@ -279,12 +290,8 @@ fn lost_acks_are_repaired_at_once_on_duplicates() {
     // The server "loses" the client's ACK 0 and ACK 1 and resends the OACK
     // and DATA 1: the client must answer each duplicate immediately, not
     // after its own (here 5 s) timeout.
-    let server = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let addr = server.local_addr().expect("addr");
-    let handle = std::thread::spawn(move || {
+    let (addr, handle) = scripted_server(|_rrq, client, tid| {
         let mut buf = [0u8; 2048];
-        let (_, client) = server.recv_from(&mut buf).expect("RRQ");
-        let tid = fake_tid();
         let oack = b"\x00\x06blksize\x001024\x00";
         for _ in 0..2 {
             tid.send_to(oack, client).expect("OACK");
@@ -322,12 +329,8 @@ fn lost_acks_are_repaired_at_once_on_duplicates() {
 fn duplicate_acks_never_trigger_a_resend() {
     // Sorcerer's apprentice: a delayed duplicate ACK 1 must not make the
     // client send DATA 2 twice.
-    let server = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let addr = server.local_addr().expect("addr");
-    let handle = std::thread::spawn(move || {
+    let (addr, handle) = scripted_server(|_wrq, client, tid| {
         let mut buf = [0u8; 2048];
-        let (_, client) = server.recv_from(&mut buf).expect("WRQ");
-        let tid = fake_tid();
         tid.send_to(&[0, 4, 0, 0], client)
             .expect("ACK 0 (no options)");
         let (n, _) = tid.recv_from(&mut buf).expect("DATA 1");
@@ -353,6 +356,62 @@ fn duplicate_acks_never_trigger_a_resend() {
         .with_timeout(Duration::from_secs(5), 2)
         .put("f", &data)
         .expect("PUT f");
+    handle.join().expect("fake server");
+}
+
+#[test]
+fn windowed_upload_sends_windows_and_resends_from_what_was_acknowledged() {
+    // RFC 7440 upload with a window of 4 and ten blocks: the client sends
+    // 1-4 without waiting; ACK 2 (3 was lost) makes it send 3-6 at once;
+    // ACK 6 brings 7-10; a duplicate ACK 6 (the block before the window:
+    // the server has none of it) resends 7-10 once, a third one nothing;
+    // ACK 10 ends the upload.
+    let (addr, handle) = scripted_server(|wrq, client, tid| {
+        assert!(
+            wrq.windows(13).any(|w| w == b"windowsize\x004\x00"),
+            "WRQ asks for the window: {wrq:?}"
+        );
+        tid.send_to(b"\x00\x06windowsize\x004\x00", client)
+            .expect("OACK");
+        let blocks = |tid: &UdpSocket, want: std::ops::RangeInclusive<u16>| {
+            for b in want {
+                let p = next_from_client(tid);
+                assert_eq!(&p[..4], &[0, 3, 0, b as u8], "DATA {b}");
+                let len = if b == 10 { 5 } else { 512 };
+                assert_eq!(p.len(), 4 + len, "DATA {b}");
+            }
+        };
+        blocks(&tid, 1..=4);
+        tid.send_to(&[0, 4, 0, 2], client).expect("ACK 2");
+        blocks(&tid, 3..=6);
+        tid.send_to(&[0, 4, 0, 6], client).expect("ACK 6");
+        blocks(&tid, 7..=10);
+        tid.send_to(&[0, 4, 0, 6], client).expect("duplicate ACK 6");
+        blocks(&tid, 7..=10);
+        tid.send_to(&[0, 4, 0, 6], client).expect("third ACK 6");
+        tid.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        let mut probe = [0u8; 2048];
+        let extra = tid.recv_from(&mut probe).map(|(n, _)| probe[..n].to_vec());
+        assert!(
+            extra.is_err(),
+            "one resend per window, not one per duplicate: {extra:?}"
+        );
+        tid.send_to(&[0, 4, 0, 10], client).expect("ACK 10");
+    });
+    let data: Vec<u8> = (0..9 * 512 + 5).map(|i| (i % 253) as u8).collect();
+    let start = Instant::now();
+    TftpClient::new(addr)
+        .with_blksize(512)
+        .with_windowsize(4)
+        .with_timeout(Duration::from_secs(5), 2)
+        .put("f", &data)
+        .expect("PUT f");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "no wait for a timeout: {:?}",
+        start.elapsed()
+    );
     handle.join().expect("fake server");
 }
 

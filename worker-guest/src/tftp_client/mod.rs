@@ -1,13 +1,14 @@
 //! The guest's own TFTP client (RFC 1350 with the blksize and tsize
-//! options of RFC 2347–2349, and RFC 7440's windowsize for downloads), so
-//! a guest needs nothing but `worker-guest` to fetch its task and upload
-//! its result.
+//! options of RFC 2347–2349, and RFC 7440's windowsize), so a guest needs
+//! nothing but `worker-guest` to fetch its task and upload its result.
 //!
-//! With a window of W blocks the server sends W blocks per round trip and
-//! the client acknowledges the last of them (or the last block it got in
-//! order, which makes the server resend from there), so a download is no
-//! longer bound by one round trip per block. Uploads ask for no window:
-//! the agent's server (async-tftp) has none for writes.
+//! With a window of W blocks the sender sends W blocks per round trip and
+//! the receiver acknowledges the last of them (or the last block it got in
+//! order, which makes the sender resend from there), so neither a download
+//! nor an upload is bound by one round trip per block. The agent's server
+//! answers windowsize for both (its async-tftp carries a patch for
+//! writes, vendor/async-tftp); a server that does not answer the option
+//! gets one block per round trip.
 //!
 //! Hand-written rather than a crate: the TFTP client crates on crates.io
 //! are async-only or unmaintained, and the protocol is a page of code. It
@@ -42,7 +43,7 @@ pub const MIN_BLKSIZE: u16 = 8;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default number of resends before a transfer is given up.
 pub const DEFAULT_RETRIES: u32 = 8;
-/// Blocks per window asked for in downloads (RFC 7440): 16 × 1428 bytes
+/// Blocks per window asked for (RFC 7440): 16 × 1428 bytes
 /// in flight, well inside a guest NIC's and the agent's socket buffers.
 pub const DEFAULT_WINDOWSIZE: u16 = 16;
 
@@ -197,6 +198,10 @@ impl<'c> Transfer<'c> {
             .map_err(|e| self.io(e))
     }
 
+    fn send_all(&self, packets: &[&[u8]]) -> Result<(), TftpError> {
+        packets.iter().try_for_each(|p| self.send(p))
+    }
+
     /// Gives up: tells the server (if it answered) and returns the error.
     fn abort(&self, abort: Abort) -> TftpError {
         if let Some(peer) = self.peer {
@@ -249,15 +254,17 @@ impl<'c> Transfer<'c> {
         judge: impl FnMut(&Packet<'_>) -> Verdict<T>,
     ) -> Result<T, TftpError> {
         self.send(packet)?;
-        self.await_answer(packet, judge)
+        self.await_answer(&[packet], judge)
     }
 
-    /// [`Transfer::exchange`] without the first send: `packet` was sent
-    /// already, or is only sent when the server falls silent (inside a
-    /// download window, where blocks are not acknowledged one by one).
+    /// [`Transfer::exchange`] without the first send, and for a window of
+    /// packets: `packets` were sent already (an upload window), or are
+    /// only sent when the server falls silent (inside a download window,
+    /// where blocks are not acknowledged one by one); a resend sends them
+    /// all, in order.
     fn await_answer<T>(
         &mut self,
-        packet: &[u8],
+        packets: &[&[u8]],
         mut judge: impl FnMut(&Packet<'_>) -> Verdict<T>,
     ) -> Result<T, TftpError> {
         self.resent = false;
@@ -276,7 +283,7 @@ impl<'c> Transfer<'c> {
                     });
                 }
                 retries += 1;
-                self.send(packet)?;
+                self.send_all(packets)?;
                 self.resent = true;
                 deadline = Instant::now() + self.client.timeout;
                 continue;
@@ -309,7 +316,7 @@ impl<'c> Transfer<'c> {
                 Verdict::Done(Ok(v)) => return Ok(v),
                 Verdict::Done(Err(a)) => return Err(self.abort(a)),
                 Verdict::Resend => {
-                    self.send(packet)?;
+                    self.send_all(packets)?;
                     self.resent = true;
                 }
                 Verdict::Ignore => {}
@@ -339,8 +346,8 @@ impl TftpClient {
         self
     }
 
-    /// Asks for another window in downloads (RFC 7440), at least 1 (1
-    /// sends no windowsize option: one block per round trip).
+    /// Asks for another window (RFC 7440), at least 1 (1 sends no
+    /// windowsize option: one block per round trip).
     pub fn with_windowsize(mut self, windowsize: u16) -> Self {
         self.windowsize = windowsize.max(1);
         self
@@ -361,7 +368,8 @@ impl TftpClient {
 
     /// The options of a request; `windowsize` is asked for only when 2
     /// or more.
-    fn options(&self, tsize: u64, windowsize: u16) -> Vec<(&'static str, String)> {
+    fn options(&self, tsize: u64) -> Vec<(&'static str, String)> {
+        let windowsize = self.windowsize;
         let mut o = vec![("tsize", tsize.to_string())];
         if self.blksize != 512 {
             o.push(("blksize", self.blksize.to_string()));
@@ -375,7 +383,7 @@ impl TftpClient {
     /// Downloads `name`.
     pub fn get(&self, name: &str) -> Result<Vec<u8>, TftpError> {
         let mut t = Transfer::new(self, format!("GET {name}"))?;
-        let rrq = request(RRQ, name, &self.options(0, self.windowsize));
+        let rrq = request(RRQ, name, &self.options(0));
         let (asked, asked_window) = (self.blksize, self.windowsize);
         // First answer: OACK (options accepted) or DATA 1 (options ignored).
         enum First {
@@ -460,7 +468,7 @@ impl TftpClient {
             let chunk = if ack_now {
                 t.exchange(&last_ack, judge)?
             } else {
-                t.await_answer(&last_ack, judge)?
+                t.await_answer(&[&last_ack], judge)?
             };
             out.extend_from_slice(&chunk);
             last_ack = ack(expected);
@@ -488,37 +496,66 @@ impl TftpClient {
     }
 
     /// Uploads `contents` as `name`.
+    ///
+    /// With a window of W blocks the client sends W blocks, then waits for
+    /// the server's acknowledgement: of the window's last block (the next
+    /// window follows), of an earlier one (a block was lost: the next
+    /// window starts after it), or of the block before the window (the
+    /// first was lost: the window is sent again, once per window; a later
+    /// such duplicate is ignored, never answered with data; without a
+    /// window every duplicate is). Silence resends the window.
     pub fn put(&self, name: &str, contents: &[u8]) -> Result<(), TftpError> {
         let mut t = Transfer::new(self, format!("PUT {name}"))?;
-        let wrq = request(WRQ, name, &self.options(contents.len() as u64, 1));
-        let asked = self.blksize;
-        let blksize = t.exchange(&wrq, |p| match p {
-            Packet::OAck(opts) => {
-                Verdict::Done(accepted_options(opts, asked, 1).map(|a| a.blksize))
-            }
-            Packet::Ack(0) => Verdict::Done(Ok(512)),
+        let wrq = request(WRQ, name, &self.options(contents.len() as u64));
+        let (asked, asked_window) = (self.blksize, self.windowsize);
+        let opts = t.exchange(&wrq, |p| match p {
+            Packet::OAck(opts) => Verdict::Done(accepted_options(opts, asked, asked_window)),
+            Packet::Ack(0) => Verdict::Done(Ok(Accepted::PLAIN)),
             _ => Verdict::Ignore,
         })?;
-        let mut block: u16 = 1;
-        let mut offset = 0;
-        loop {
-            let end = (offset + blksize).min(contents.len());
-            let packet = data(block, &contents[offset..end]);
-            let expected = block;
-            // A duplicate ACK of the previous block is ignored, never
-            // answered with a resend (sorcerer's apprentice).
-            t.exchange(&packet, |p| match p {
-                Packet::Ack(b) if *b == expected => Verdict::Done(Ok(())),
+        let blksize = opts.blksize;
+        // Block i (from 0) holds contents[i × blksize ..]; the last is the
+        // first one shorter than blksize (empty when the size is a
+        // multiple of it). Block numbers on the wire are i + 1, wrapping.
+        let blocks = contents.len() / blksize + 1;
+        let wire = |i: usize| (i + 1) as u16;
+        let mut base = 0usize;
+        while base < blocks {
+            let end = (base + usize::from(opts.windowsize)).min(blocks);
+            let window: Vec<Vec<u8>> = (base..end)
+                .map(|i| {
+                    let from = i * blksize;
+                    let to = (from + blksize).min(contents.len());
+                    data(wire(i), &contents[from..to])
+                })
+                .collect();
+            let packets: Vec<&[u8]> = window.iter().map(Vec::as_slice).collect();
+            t.send_all(&packets)?;
+            let (first, sent) = (wire(base), end - base);
+            // One block per round trip (RFC 1350): a duplicate ACK is
+            // only ever ignored (no sorcerer's apprentice).
+            let mut resent_for_previous = opts.windowsize == 1;
+            let acked = t.await_answer(&packets, |p| match p {
+                Packet::Ack(b) if usize::from(b.wrapping_sub(first)) < sent => {
+                    Verdict::Done(Ok(usize::from(b.wrapping_sub(first)) + 1))
+                }
+                // The server has nothing of this window (its first block
+                // was lost, or it missed the whole window): resend it,
+                // once; a late duplicate of the acknowledgement that
+                // opened the window looks the same.
+                Packet::Ack(b) if *b == first.wrapping_sub(1) && !resent_for_previous => {
+                    resent_for_previous = true;
+                    Verdict::Resend
+                }
+                Packet::OAck(_) if base == 0 && !resent_for_previous => {
+                    resent_for_previous = true;
+                    Verdict::Resend
+                }
                 _ => Verdict::Ignore,
             })?;
-            // The last block is the first one shorter than blksize (an
-            // empty one when the size is a multiple of it).
-            if end - offset < blksize {
-                return Ok(());
-            }
-            offset = end;
-            block = block.wrapping_add(1);
+            base += acked;
         }
+        Ok(())
     }
 }
 

@@ -29,6 +29,8 @@ where
     timeout: Duration,
     max_retries: u32,
     oack_opts: Option<Opts>,
+    /// Blocks per acknowledgement (RFC 7440), 1 without the option.
+    window_size: u16,
 }
 
 impl<'w, W> WriteRequest<'w, W>
@@ -50,6 +52,13 @@ where
             .map(usize::from)
             .unwrap_or(DEFAULT_BLOCK_SIZE);
 
+        // Default window size is 1 as per rfc7440
+        let window_size = oack_opts
+            .as_ref()
+            .and_then(|o| o.window_size)
+            .unwrap_or(1)
+            .max(1);
+
         let timeout = oack_opts
             .as_ref()
             .and_then(|o| o.timeout)
@@ -69,6 +78,7 @@ where
             timeout,
             max_retries: config.max_send_retries,
             oack_opts,
+            window_size,
         })
     }
 
@@ -84,9 +94,21 @@ where
         }
     }
 
+    /// Receives the file. With a window of W blocks (RFC 7440) the client
+    /// sends W blocks per round trip and this acknowledges the last of
+    /// them; with none (W = 1) every block, as RFC 1350 has it.
+    ///
+    /// Losses: a block past the expected one means one was lost, so the
+    /// last block received in order is acknowledged at once (the client
+    /// resends from the one after it); a block already received means the
+    /// client missed an acknowledgement, which is sent again. Until the
+    /// next block arrives in order a gap is answered once (the rest of the
+    /// client's window shows the same gap) and duplicates once per
+    /// window's worth, so a resent window costs one acknowledgement, not
+    /// one per block (no sorcerer's apprentice), and a lost answer is
+    /// repeated when the client resends again. Silence for the timeout resends the last
+    /// acknowledgement, at most `max_retries` times in a row.
     async fn try_handle(&mut self) -> Result<()> {
-        let mut block_id: u16 = 0;
-
         // Send first Ack/OAck
         match self.oack_opts.take() {
             Some(opts) => Packet::OAck(opts).encode(&mut self.ack),
@@ -95,17 +117,77 @@ where
 
         self.socket.send_to(&self.ack, self.peer).await?;
 
+        let mut expected: u16 = 1;
+        let mut in_window: u16 = 0;
+        let mut retries: u32 = 0;
+        // Since the last block in order: whether a gap was answered, and
+        // duplicates seen modulo the window (the first of each window's
+        // worth is answered).
+        let mut gap_answered = false;
+        let mut duplicates: u16 = 0;
+
         loop {
-            // Recv data
-            block_id = block_id.wrapping_add(1);
-            let data = self.recv_data(block_id).await?;
+            let block = match self.recv_data_block().await {
+                Ok(block) => block,
+                Err(ref e) if e.kind() == io::ErrorKind::TimedOut => {
+                    if retries >= self.max_retries {
+                        return Err(Error::MaxSendRetriesReached(
+                            self.peer, expected,
+                        ));
+                    }
+                    retries += 1;
+                    // The client resends from the block after this one.
+                    in_window = 0;
+                    self.socket.send_to(&self.ack, self.peer).await?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let (block_id, data) = block;
+
+            if block_id != expected {
+                let ahead = block_id.wrapping_sub(expected);
+                // Ahead within a window: a gap; behind: a duplicate.
+                // Anything else is from no transfer we know: ignored.
+                let gap = ahead < self.window_size;
+                let duplicate =
+                    expected.wrapping_sub(block_id) <= self.window_size;
+                let answer = if gap {
+                    !std::mem::replace(&mut gap_answered, true)
+                } else if duplicate {
+                    let first = duplicates == 0;
+                    duplicates = (duplicates + 1) % self.window_size;
+                    first
+                } else {
+                    false
+                };
+                if answer {
+                    in_window = 0;
+                    self.socket.send_to(&self.ack, self.peer).await?;
+                }
+                continue;
+            }
+
+            retries = 0;
+            gap_answered = false;
+            duplicates = 0;
 
             // Write data to file
             self.writer.write_all(&data[..]).await?;
 
-            if data.len() < self.block_size {
+            let last = data.len() < self.block_size;
+            in_window += 1;
+            self.ack.clear();
+            Packet::Ack(block_id).encode(&mut self.ack);
+            if last || in_window >= self.window_size {
+                in_window = 0;
+                self.socket.send_to(&self.ack, self.peer).await?;
+            }
+
+            if last {
                 break;
             }
+            expected = expected.wrapping_add(1);
         }
 
         self.writer.flush().await?;
@@ -114,30 +196,8 @@ where
         Ok(())
     }
 
-    async fn recv_data(&mut self, block_id: u16) -> Result<Bytes> {
-        for _ in 0..=self.max_retries {
-            match self.recv_data_block(block_id).await {
-                Ok(data) => {
-                    // Data received, send ACK
-                    self.ack.clear();
-                    Packet::Ack(block_id).encode(&mut self.ack);
-
-                    self.socket.send_to(&self.ack, self.peer).await?;
-                    return Ok(data);
-                }
-                Err(ref e) if e.kind() == io::ErrorKind::TimedOut => {
-                    // On timeout reply with the previous ACK packet
-                    self.socket.send_to(&self.ack, self.peer).await?;
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-
-        Err(Error::MaxSendRetriesReached(self.peer, block_id))
-    }
-
-    async fn recv_data_block(&mut self, block_id: u16) -> io::Result<Bytes> {
+    /// The next DATA packet from the peer: its block number and data.
+    async fn recv_data_block(&mut self) -> io::Result<(u16, Bytes)> {
         let socket = &mut self.socket;
         let peer = self.peer;
 
@@ -152,18 +212,14 @@ where
                     continue;
                 }
 
-                if let Ok(Packet::Data(recved_block_id, _)) =
+                if let Ok(Packet::Data(block_id, _)) =
                     Packet::decode(&buf[..len])
                 {
-                    if recved_block_id == block_id {
-                        buf.truncate(len);
-                        buf.advance(PACKET_DATA_HEADER_LEN);
-                        break;
-                    }
+                    buf.truncate(len);
+                    buf.advance(PACKET_DATA_HEADER_LEN);
+                    return Ok((block_id, buf.freeze()));
                 }
             }
-
-            Ok(buf.freeze())
         })
         .await
     }
@@ -185,6 +241,15 @@ fn build_oack_opts(config: &ServerConfig, req: &RwReq) -> Option<Opts> {
     }
 
     opts.transfer_size = req.opts.transfer_size;
+
+    if !config.ignore_client_window_size {
+        opts.window_size =
+            match (req.opts.window_size, config.window_size_limit) {
+                (Some(wsize), Some(limit)) => Some(cmp::min(wsize, limit)),
+                (Some(wsize), None) => Some(wsize),
+                _ => None,
+            };
+    }
 
     if opts == Opts::default() {
         None
