@@ -32,9 +32,34 @@ use common::hand_vm::HandTask;
 use common::vm::{self, MACHINE};
 
 const TOOLCHAIN: &str = "uboot";
-const ROUNDS: usize = 2;
+const ROUNDS: usize = 3;
+/// What worker-guest logs (info, on the console) when it has its task and
+/// goes for the source: "task <name> <version>: 1 board(s) × ...".
+const TASK_READ: &str = " board(s) × ";
 /// What worker-guest logs (info, on the console) once the source is there.
 const SOURCE_READY: &str = "source at ";
+
+/// When, in one guest's life, the console showed what.
+#[derive(Clone, Copy)]
+struct Marks {
+    /// The console log appeared: QEMU started.
+    started: Instant,
+    /// worker-guest had its task and started on the source.
+    task: Instant,
+    /// worker-guest had the source.
+    ready: Instant,
+}
+
+impl Marks {
+    /// Guest start to source ready.
+    fn total(&self) -> Duration {
+        self.ready - self.started
+    }
+    /// The source step alone: task read to source ready.
+    fn fetch(&self) -> Duration {
+        self.ready - self.task
+    }
+}
 
 fn task_manifest(repository: &str, commit: &str) -> String {
     format!(
@@ -43,22 +68,32 @@ fn task_manifest(repository: &str, commit: &str) -> String {
     )
 }
 
-/// Polls `find` (a console log) until it holds [`SOURCE_READY`]; returns
-/// when the log first appeared (the guest's start) and when the source was
-/// ready. `alive` ends the wait (with a panic) when it says no.
+/// Polls `find` (a console log, every 50 ms) until it holds
+/// [`SOURCE_READY`]; returns when the log first appeared (the guest's
+/// start), showed [`TASK_READ`] and showed the source ready. `alive` ends
+/// the wait (with a panic) when it says no.
 fn watch_console(
     mut find: impl FnMut() -> Option<PathBuf>,
     mut alive: impl FnMut() -> bool,
-) -> (Instant, Instant) {
+) -> Marks {
     let deadline = Instant::now() + Duration::from_secs(3600);
-    let mut started = None;
+    let (mut started, mut task) = (None, None);
     loop {
         assert!(Instant::now() < deadline, "no source after an hour");
         if let Some(log) = find() {
-            let started = *started.get_or_insert_with(Instant::now);
-            let text = std::fs::read(&log).unwrap_or_default();
-            if String::from_utf8_lossy(&text).contains(SOURCE_READY) {
-                return (started, Instant::now());
+            let now = Instant::now();
+            let started = *started.get_or_insert(now);
+            let bytes = std::fs::read(&log).unwrap_or_default();
+            let text = String::from_utf8_lossy(&bytes);
+            if text.contains(TASK_READ) {
+                task.get_or_insert(now);
+            }
+            if text.contains(SOURCE_READY) {
+                return Marks {
+                    started,
+                    task: task.unwrap_or(now),
+                    ready: now,
+                };
             }
         }
         assert!(alive(), "the guest ended before its source was ready");
@@ -66,9 +101,9 @@ fn watch_console(
     }
 }
 
-/// One task through the agent (mirror, source server): (agent start to
-/// guest start, guest start to source ready).
-fn through_agent(agent: &Path, machines: &Path, work: &Path, task: &str) -> (Duration, Duration) {
+/// One task through the agent (mirror, source server): agent start to
+/// guest start, and the guest's marks.
+fn through_agent(agent: &Path, machines: &Path, work: &Path, task: &str) -> (Duration, Marks) {
     let task_file = work.join("task.manifest");
     std::fs::write(&task_file, task).expect("task");
     let state = work.join("state");
@@ -111,18 +146,18 @@ fn through_agent(agent: &Path, machines: &Path, work: &Path, task: &str) -> (Dur
             .map(|e| e.path().join("console.log"))
             .find(|p| p.is_file())
     };
-    let (started, ready) = watch_console(find, || child.try_wait().ok().flatten().is_none());
+    let marks = watch_console(find, || child.try_wait().ok().flatten().is_none());
     // The source is all this bench wants: stop the task (the agent forces
     // the VM down and cleans up).
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
-    (started - t0, ready - started)
+    (marks.started - t0, marks)
 }
 
-/// The guest cloning `repository-url` itself: guest start to source ready.
-fn guest_clones(machines: &Path, work: &Path, task: &str, n: usize) -> Duration {
+/// The guest cloning `repository-url` itself: the guest's marks.
+fn guest_clones(machines: &Path, work: &Path, task: &str, n: usize) -> Marks {
     let machine_dir = machines.join("default").join(MACHINE);
     let mut vm = HandTask {
         machine_dir: &machine_dir,
@@ -135,13 +170,13 @@ fn guest_clones(machines: &Path, work: &Path, task: &str, n: usize) -> Duration 
     }
     .start();
     let console = vm.console_path.clone();
-    let (started, ready) = watch_console(
+    let marks = watch_console(
         || Some(console.clone()),
         || vm.qemu.try_wait().ok().flatten().is_none(),
     );
     vm.kill();
     vm.finish();
-    ready - started
+    marks
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -181,35 +216,48 @@ fn main() {
     // Warm-up: bootstraps the machine and makes the mirror (a cold one).
     let (cold_before, cold) = through_agent(&agent, fs.path(), work.path(), &host_task);
     println!(
-        "warm-up (bootstrap, cold mirror): agent start to guest start {:.1} s, source ready after {:.1} s",
+        "warm-up (bootstrap, cold mirror): agent start to guest start {:.1} s, source ready after {:.1} s (fetch {:.1} s)",
         cold_before.as_secs_f64(),
-        cold.as_secs_f64()
+        cold.total().as_secs_f64(),
+        cold.fetch().as_secs_f64()
     );
-    let (mut before, mut mirror, mut clone) = (Vec::new(), Vec::new(), Vec::new());
+    let secs = |d: Duration| d.as_secs_f64();
+    let mut before = Vec::new();
+    let (mut mirror, mut mirror_fetch) = (Vec::new(), Vec::new());
+    let (mut clone, mut clone_fetch) = (Vec::new(), Vec::new());
     for round in 1..=ROUNDS {
         let (b, m) = through_agent(&agent, fs.path(), work.path(), &host_task);
         let c = guest_clones(fs.path(), work.path(), &guest_task, round);
         println!(
-            "round {round}: warm mirror: agent start to guest start {:.1} s, source after {:.1} s; \
-             guest's own full clone: source after {:.1} s",
-            b.as_secs_f64(),
-            m.as_secs_f64(),
-            c.as_secs_f64()
+            "round {round}: warm mirror: agent start to guest start {:.1} s, source after {:.1} s \
+             (fetch {:.1} s); guest's own full clone: source after {:.1} s (clone {:.1} s)",
+            secs(b),
+            secs(m.total()),
+            secs(m.fetch()),
+            secs(c.total()),
+            secs(c.fetch())
         );
         before.push(b);
-        mirror.push(m);
-        clone.push(c);
+        mirror.push(m.total());
+        mirror_fetch.push(m.fetch());
+        clone.push(c.total());
+        clone_fetch.push(c.fetch());
     }
-    let (b, m, c) = (median(before), median(mirror), median(clone));
+    let (m, mf) = (median(mirror), median(mirror_fetch));
+    let (c, cf) = (median(clone), median(clone_fetch));
     println!(
-        "median (repository {pack_mib:.0} MiB bare, {} commits): guest start to source ready: \
-         warm mirror {:.1} s, full clone {:.1} s (mirror / clone {:.2}); the agent's own start \
-         (enumeration, snapshot, mirror fetch) before the guest {:.1} s",
+        "median of {ROUNDS} (repository {pack_mib:.0} MiB bare, {} commits): guest start to source \
+         ready: warm mirror {:.1} s, full clone {:.1} s (mirror / clone {:.2}); the source step \
+         alone (task read to source ready): mirror fetch at depth 1 {:.1} s, full clone {:.1} s \
+         ({:.2}); the agent's own start (enumeration, snapshot, mirror fetch) before the guest {:.1} s",
         commits.len(),
-        m.as_secs_f64(),
-        c.as_secs_f64(),
-        m.as_secs_f64() / c.as_secs_f64(),
-        b.as_secs_f64()
+        secs(m),
+        secs(c),
+        secs(m) / secs(c),
+        secs(mf),
+        secs(cf),
+        secs(mf) / secs(cf),
+        secs(median(before))
     );
 }
 

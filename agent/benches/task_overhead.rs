@@ -7,18 +7,18 @@
 //!   the guest to power off, deleting the snapshot.
 //!
 //! The guest does the same fixed work both times (benches/guests/
-//! bench-worker-guest). Target: the agent adds under 5 % and under 300 ms.
+//! bench-worker-guest; it fetches no source). The agent still brings its
+//! mirror of the task's repository (a tiny one, served by `git daemon` on
+//! loopback) up to date and serves it, as for every task: that is part of
+//! what it adds. Target: the agent adds under 5 % and under 300 ms.
 //!
 //! Needs root, QEMU and the recipe's packages; runs under TCG.
 //! Run: `cargo bench -p bbot-agent --bench task_overhead`
 
-#[path = "../tests/common/btrfs_loop.rs"]
-#[allow(dead_code)]
-mod btrfs_loop;
+#[path = "../tests/common/mod.rs"]
+mod common;
 
-#[path = "../tests/common/hand_vm.rs"]
-#[allow(dead_code)]
-mod hand_vm;
+use common::{btrfs_loop, hand_vm};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -40,17 +40,17 @@ fn agent_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_bbot-agent"))
 }
 
-fn task_manifest() -> String {
+fn task_manifest(repository: &str) -> String {
     format!(
-        ": 1\nname: bench\nversion: 1\nrepository-url: git://unused/x.git\nmachine: {MACHINE}\n\
+        ": 1\nname: bench\nversion: 1\nrepository-url: {repository}\nmachine: {MACHINE}\n\
          target: x86_64-linux-gnu\nboard: work sandbox\n"
     )
 }
 
 /// One task through the agent; its wall time.
-fn through_agent(agent: &Path, machines: &Path, work: &Path) -> Duration {
+fn through_agent(agent: &Path, machines: &Path, work: &Path, repository: &str) -> Duration {
     let task = work.join("task.manifest");
-    std::fs::write(&task, task_manifest()).expect("task");
+    std::fs::write(&task, task_manifest(repository)).expect("task");
     let t = Instant::now();
     let out = Command::new(agent)
         .arg("--machines")
@@ -84,9 +84,9 @@ fn through_agent(agent: &Path, machines: &Path, work: &Path) -> Duration {
 }
 
 /// The same guest by hand; its wall time.
-fn by_hand(machines: &Path, work: &Path, n: usize) -> Duration {
+fn by_hand(machines: &Path, work: &Path, n: usize, repository: &str) -> Duration {
     let machine_dir = machines.join("default").join(MACHINE);
-    let task = task_manifest();
+    let task = task_manifest(repository);
     let t = Instant::now();
     let mut vm = hand_vm::HandTask {
         machine_dir: &machine_dir,
@@ -137,14 +137,18 @@ fn main() {
     );
     std::fs::create_dir_all(work.path().join(format!("tftp/toolchain/{TOOLCHAIN}"))).expect("tc");
 
-    // Warm-up: bootstraps the machine, and warms the page cache for both.
-    through_agent(&agent, fs.path(), work.path());
-    by_hand(fs.path(), work.path(), 0);
+    let repo = common::vm::TinyRepo::serve(work.path(), None);
+    let repository = repo.url.as_str();
+
+    // Warm-up: bootstraps the machine, makes the mirror, and warms the
+    // page cache for both.
+    through_agent(&agent, fs.path(), work.path(), repository);
+    by_hand(fs.path(), work.path(), 0, repository);
 
     let (mut agent_times, mut hand_times) = (Vec::new(), Vec::new());
     for round in 1..=ROUNDS {
-        let a = through_agent(&agent, fs.path(), work.path());
-        let h = by_hand(fs.path(), work.path(), round);
+        let a = through_agent(&agent, fs.path(), work.path(), repository);
+        let h = by_hand(fs.path(), work.path(), round, repository);
         println!(
             "round {round}: agent {:.2} s, by hand {:.2} s",
             a.as_secs_f64(),
