@@ -18,6 +18,7 @@ use bbot_agent::daemon::notify::Notifier;
 use bbot_agent::daemon::{instance, logging, signals};
 use bbot_agent::host::machine_source::{FakeMachineFile, MachineSource};
 use bbot_agent::host::machines::{Machines, MachinesConfig};
+use bbot_agent::vm::cgroup;
 use bbot_agent::vm::confine::QemuUser;
 use bbot_agent::vm::fake::FakeRunner;
 use bbot_agent::vm::mirror::MirrorConfig;
@@ -114,6 +115,18 @@ fn run(cli: &Cli) -> anyhow::Result<Exit> {
     let runner = if cli.fake_bootstrap && cli.fake_build {
         FakeRunner::all_fake(Duration::from_secs(cli.fake_build_duration))
     } else {
+        // Before the agent starts any process: under a delegated v2 group
+        // it moves itself into a leaf first.
+        let placement = if cli.cgroup_delegated {
+            cgroup::Placement::Delegated
+        } else {
+            cgroup::Placement::Shared
+        };
+        let cgroups = cgroup::Hierarchy::detect(placement).context(if cli.cgroup_delegated {
+            "--cgroup-delegated"
+        } else {
+            "the VMs' cgroups"
+        })?;
         let qemu = QemuRunner::new(QemuConfig {
             vm,
             qemu: cli.qemu.clone(),
@@ -126,6 +139,7 @@ fn run(cli: &Cli) -> anyhow::Result<Exit> {
             log_dir: state.join("logs"),
             mirrors: MirrorConfig::under(&cli.state_dir()),
             qemu_user: QemuUser::lookup(&cli.qemu_user).context("--qemu-user")?,
+            cgroups,
         })
         .context("--accel kvm")?;
         if _instance_lock.is_some() {

@@ -16,6 +16,7 @@ fn unit_has_the_settings_the_agent_relies_on() {
         "EnvironmentFile=/etc/bbot-agent/%i.conf",
         "StateDirectory=bbot-agent",
         "ExecReload=/bin/kill -HUP $MAINPID",
+        "Delegate=yes",
     ] {
         assert!(UNIT.lines().any(|l| l.trim() == line), "missing {line}");
     }
@@ -24,6 +25,8 @@ fn unit_has_the_settings_the_agent_relies_on() {
         .find(|l| l.starts_with("ExecStart="))
         .expect("ExecStart");
     assert!(exec.contains("--systemd-daemon") && exec.contains("--systemd-instance %i"));
+    // The VMs' cgroups go in the delegated unit group.
+    assert!(exec.contains("--cgroup-delegated"), "{exec}");
 }
 
 #[test]

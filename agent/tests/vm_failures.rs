@@ -154,6 +154,10 @@ fn run_case(fs: &Path, work: &Path, case: &Case<'_>) -> (ResultRequestManifest, 
 /// snapshot, the run directory and the task's TFTP directory, and reports
 /// the task it was running as interrupted, so the controller hears of it
 /// at once.
+///
+/// Both agents run the way systemd runs the unit: inside a group of their
+/// own (the test's, for the unit's delegated one) with `--cgroup-delegated`,
+/// so the VM's group is made inside it, and the leftover is found there.
 fn killed_agent_leaves_nothing(fs: &Path, work: &Path) {
     let tc = "tc-killed";
     let tftp = work.join("tftp");
@@ -164,8 +168,15 @@ fn killed_agent_leaves_nothing(fs: &Path, work: &Path) {
     let repo = vm::TinyRepo::serve(work, None);
     let ctl = task_controller("killed-1", &repo.url);
     let boosted = format!("10000={}", ctl.url("/"));
-    let args = vm::agent_args(fs, work, tc, &["--instance", "2"], &boosted);
-    let mut agent = AgentProc::spawn(&args);
+    let args = vm::agent_args(
+        fs,
+        work,
+        tc,
+        &["--instance", "2", "--cgroup-delegated"],
+        &boosted,
+    );
+    let unit = common::cgroup::TestCgroup::new("killed");
+    let mut agent = AgentProc::spawn_in(&args, &unit);
     let end = std::time::Instant::now() + Duration::from_secs(600);
     while agent.stderr().matches("guest's first TFTP request").count() < 2 {
         assert!(
@@ -177,6 +188,27 @@ fn killed_agent_leaves_nothing(fs: &Path, work: &Path) {
     }
     let qemu = vm::qemu_processes(tc);
     assert_eq!(qemu.len(), 1, "{}", agent.stderr());
+    // QEMU's group is a child of the agent's delegated one, in every
+    // hierarchy; none went to the shared `bbot-agent` subtree.
+    let qemu_pid = qemu[0].split_whitespace().next().expect("pid");
+    let groups = fs::read_to_string(format!("/proc/{qemu_pid}/cgroup")).expect("QEMU's cgroups");
+    let vm_group = format!("{}/bbot-{tc}-1-2-", unit.path());
+    for controller in ["memory", "pids", "cpu"] {
+        assert!(
+            groups.lines().any(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, c, path) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or(""));
+                (c.split(',').any(|x| x == controller) || c.is_empty())
+                    && path.starts_with(&vm_group)
+            }),
+            "QEMU not in {vm_group}... for {controller}:\n{groups}"
+        );
+    }
+    assert_eq!(
+        vm::cgroups_of(tc),
+        Vec::<String>::new(),
+        "shared subtree used"
+    );
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert!(
         qemu[0].contains(&format!(" -smp {threads} ")),
@@ -206,14 +238,15 @@ fn killed_agent_leaves_nothing(fs: &Path, work: &Path) {
         netns[0].starts_with(&format!("bbot-{tc}-1-2-")),
         "{netns:?}"
     );
-    let cgroups = vm::cgroups_of(tc);
-    assert!(!cgroups.is_empty(), "the VM's cgroup");
-    for g in &cgroups {
-        assert!(g.contains(&format!("/bbot-{tc}-1-2-")), "{cgroups:?}");
-    }
+    let cgroups = unit.children(&format!("bbot-{tc}-"));
+    assert_eq!(cgroups.len(), 1, "the VM's cgroup: {cgroups:?}");
+    assert!(
+        cgroups[0].starts_with(&format!("bbot-{tc}-1-2-")),
+        "{cgroups:?}"
+    );
     assert!(ctl.requests_to("/result").is_empty());
     // ... until the next start, which also reports the task.
-    let mut next = AgentProc::spawn(&args);
+    let mut next = AgentProc::spawn_in(&args, &unit);
     let body = common::wait_for("the interrupt result", Duration::from_secs(120), || {
         ctl.requests_to("/result")
             .into_iter()
@@ -248,7 +281,11 @@ fn killed_agent_leaves_nothing(fs: &Path, work: &Path) {
         "network namespace left"
     );
     assert!(log.contains("removed leftover cgroup"), "{log}");
-    assert_eq!(vm::cgroups_of(tc), Vec::<String>::new(), "cgroup left");
+    assert_eq!(
+        unit.children(&format!("bbot-{tc}-")),
+        Vec::<String>::new(),
+        "cgroup left"
+    );
 }
 
 fn machine_log(r: &ResultRequestManifest) -> String {

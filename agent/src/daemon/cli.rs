@@ -130,6 +130,13 @@ pub struct Cli {
     /// never runs as root.
     #[arg(long, value_name = "USER", default_value = "bbot-qemu")]
     pub qemu_user: String,
+    /// Make the VMs' cgroups inside the agent's own cgroup, which the
+    /// service manager delegated to it (systemd's `Delegate=yes`, as in
+    /// systemd/bbot-agent@.service); on cgroup v2 the agent moves itself
+    /// into `<own>/agent` first. Without it they go under `bbot-agent` at
+    /// the top of each cgroup hierarchy.
+    #[arg(long)]
+    pub cgroup_delegated: bool,
     /// QEMU binary that runs the guests.
     #[arg(long, value_name = "PATH", default_value = "qemu-system-x86_64")]
     pub qemu: PathBuf,

@@ -5,9 +5,20 @@
 //! cgroup v2 where the host has it with the controllers we need (Debian 12
 //! hosts), else the v1 `memory`, `pids` and `cpu` hierarchies (this CI
 //! machine mounts v1, with an empty v2 tree at `/sys/fs/cgroup/unified`).
-//! Groups are `bbot-agent/<name>` in each hierarchy; QEMU joins its group
-//! between fork and exec, so not one page of the guest is allocated
-//! outside it.
+//! QEMU joins its group between fork and exec, so not one page of the
+//! guest is allocated outside it.
+//!
+//! Where the groups go ([`Placement`]):
+//! - under systemd (the unit has `Delegate=yes`, the agent
+//!   `--cgroup-delegated`), inside the agent's own cgroup, which the
+//!   service manager delegated to it: systemd then accounts the VMs to the
+//!   unit, stops them with it and leaves the rest of the tree alone. On v2
+//!   a group with children may hold no processes, so the agent first moves
+//!   itself (and anything else in its group) into a leaf, `<own>/agent`,
+//!   and enables the controllers for its children; the VMs are
+//!   `<own>/<name>`.
+//! - otherwise (a shell, a test, another supervisor) under a `bbot-agent`
+//!   group at the top of each hierarchy, shared by the host's agents.
 
 use std::ffi::CString;
 use std::fs;
@@ -59,8 +70,161 @@ pub enum Version {
     V1,
 }
 
+/// Where VM groups are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Under `bbot-agent` at the top of each hierarchy.
+    Shared,
+    /// Under the agent's own cgroup, delegated to it (systemd's
+    /// `Delegate=yes`).
+    Delegated,
+}
+
+/// The leaf the agent moves itself into under a delegated v2 group.
+pub const AGENT_LEAF: &str = "agent";
+/// The controllers a VM group limits.
+const CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
+
+/// The hierarchies VM groups are made in, as this agent uses them: the
+/// version and, per hierarchy, the parent of the groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hierarchy {
+    version: Version,
+    parents: Vec<PathBuf>,
+}
+
+impl Hierarchy {
+    /// The host's hierarchies with groups placed as `placement` says;
+    /// `Ok(None)` when the host has no usable controllers. A delegated
+    /// v2 group is prepared here (the agent moved into its leaf, the
+    /// controllers enabled), before the agent starts anything that would
+    /// land in the wrong group.
+    pub fn detect(placement: Placement) -> Result<Option<Hierarchy>, CgroupError> {
+        let Some(version) = detect() else {
+            return Ok(None);
+        };
+        let h = match placement {
+            Placement::Shared => Hierarchy::shared(version)?,
+            Placement::Delegated => {
+                let own = fs::read_to_string("/proc/self/cgroup")
+                    .map_err(err(Path::new("/proc/self/cgroup")))?;
+                Hierarchy::delegated(version, Path::new(ROOT), &own)?
+            }
+        };
+        Ok(Some(h))
+    }
+
+    fn shared(version: Version) -> Result<Hierarchy, CgroupError> {
+        let parents = match version {
+            Version::V2 => vec![Path::new(ROOT).join(SUBTREE)],
+            Version::V1 => CONTROLLERS
+                .iter()
+                .map(|c| Path::new(ROOT).join(c).join(SUBTREE))
+                .collect(),
+        };
+        if version == Version::V2 {
+            // Controllers must be enabled down to the agents' subtree.
+            let sub = &parents[0];
+            fs::create_dir_all(sub).map_err(err(sub))?;
+            for dir in [Path::new(ROOT), sub.as_path()] {
+                enable_controllers(dir)?;
+            }
+        }
+        Ok(Hierarchy { version, parents })
+    }
+
+    /// The agent's own groups, read from `proc_self_cgroup` (the text of
+    /// `/proc/self/cgroup`), under `root`; on v2 prepared for children.
+    fn delegated(
+        version: Version,
+        root: &Path,
+        proc_self_cgroup: &str,
+    ) -> Result<Hierarchy, CgroupError> {
+        let not_delegated = |what: String| CgroupError {
+            path: PathBuf::from("/proc/self/cgroup"),
+            source: io::Error::new(io::ErrorKind::InvalidData, what),
+        };
+        let parents = match version {
+            Version::V2 => {
+                let own = own_group(proc_self_cgroup, None)
+                    .ok_or_else(|| not_delegated("no cgroup v2 entry (0::)".into()))?;
+                if own == "/" {
+                    return Err(not_delegated(
+                        "the agent runs in the root cgroup, which cannot be delegated \
+                         (run it under systemd with Delegate=yes, or without --cgroup-delegated)"
+                            .into(),
+                    ));
+                }
+                let own_dir = root.join(own.trim_start_matches('/'));
+                // The agent's own group gets children, so (v2's rule) it
+                // may hold no processes itself: everything in it (the
+                // agent, anything started alongside) moves to the leaf.
+                let leaf = own_dir.join(AGENT_LEAF);
+                fs::create_dir_all(&leaf).map_err(err(&leaf))?;
+                for pid in procs_of(&own_dir) {
+                    let f = leaf.join("cgroup.procs");
+                    if let Err(e) = fs::write(&f, pid.to_string()) {
+                        // A process that ended meanwhile is gone anyway.
+                        if e.raw_os_error() != Some(libc::ESRCH) {
+                            return Err(err(&f)(e));
+                        }
+                    }
+                }
+                enable_controllers(&own_dir)?;
+                vec![own_dir]
+            }
+            Version::V1 => CONTROLLERS
+                .iter()
+                .map(|c| {
+                    let own = own_group(proc_self_cgroup, Some(c))
+                        .ok_or_else(|| not_delegated(format!("no cgroup v1 {c} entry")))?;
+                    Ok(root.join(c).join(own.trim_start_matches('/')))
+                })
+                .collect::<Result<Vec<_>, CgroupError>>()?,
+        };
+        Ok(Hierarchy { version, parents })
+    }
+
+    /// The cgroup version.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// Where VM groups are made: one directory (v2) or one per controller
+    /// (v1).
+    pub fn parents(&self) -> &[PathBuf] {
+        &self.parents
+    }
+
+    /// Group `name`'s directories.
+    fn dirs(&self, name: &str) -> Vec<PathBuf> {
+        self.parents.iter().map(|p| p.join(name)).collect()
+    }
+}
+
+/// The path of this process's group in the v2 hierarchy (`controller`
+/// `None`: the `0::` line) or in the v1 hierarchy of `controller`, from the
+/// text of `/proc/self/cgroup` (`id:controllers:path` lines).
+fn own_group<'t>(proc_self_cgroup: &'t str, controller: Option<&str>) -> Option<&'t str> {
+    proc_self_cgroup.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let hit = match controller {
+            None => id == "0" && controllers.is_empty(),
+            Some(c) => controllers.split(',').any(|x| x == c),
+        };
+        hit.then_some(path)
+    })
+}
+
+/// Lets `dir`'s children use the memory, pids and cpu controllers (v2).
+fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
+    let f = dir.join("cgroup.subtree_control");
+    fs::write(&f, "+memory +pids +cpu").map_err(err(&f))
+}
+
 /// The host's cgroup version, or `None` when neither has the controllers.
-pub fn detect() -> Option<Version> {
+fn detect() -> Option<Version> {
     let v2 = fs::read_to_string(Path::new(ROOT).join("cgroup.controllers")).unwrap_or_default();
     let has = |c: &str| v2.split_whitespace().any(|w| w == c);
     if has("memory") && has("pids") && has("cpu") {
@@ -72,17 +236,6 @@ pub fn detect() -> Option<Version> {
     v1.then_some(Version::V1)
 }
 
-/// The group's directories: one (v2) or one per controller (v1).
-fn dirs(version: Version, name: &str) -> Vec<PathBuf> {
-    match version {
-        Version::V2 => vec![Path::new(ROOT).join(SUBTREE).join(name)],
-        Version::V1 => ["memory", "pids", "cpu"]
-            .iter()
-            .map(|c| Path::new(ROOT).join(c).join(SUBTREE).join(name))
-            .collect(),
-    }
-}
-
 /// One VM's group, removed when dropped (once its processes are gone).
 #[derive(Debug)]
 pub struct VmCgroup {
@@ -91,20 +244,16 @@ pub struct VmCgroup {
 }
 
 impl VmCgroup {
-    /// Creates group `name` with `limits`.
-    pub fn create(version: Version, name: &str, limits: Limits) -> Result<VmCgroup, CgroupError> {
-        if version == Version::V2 {
-            // Controllers must be enabled down to the agent's subtree.
-            let sub = Path::new(ROOT).join(SUBTREE);
-            fs::create_dir_all(&sub).map_err(err(&sub))?;
-            for dir in [Path::new(ROOT), sub.as_path()] {
-                let f = dir.join("cgroup.subtree_control");
-                fs::write(&f, "+memory +pids +cpu").map_err(err(&f))?;
-            }
-        }
+    /// Creates group `name` with `limits` in `hierarchy`.
+    pub fn create(
+        hierarchy: &Hierarchy,
+        name: &str,
+        limits: Limits,
+    ) -> Result<VmCgroup, CgroupError> {
+        let version = hierarchy.version;
         let group = VmCgroup {
             version,
-            dirs: dirs(version, name),
+            dirs: hierarchy.dirs(name),
         };
         for d in &group.dirs {
             fs::create_dir_all(d).map_err(err(d))?;
@@ -234,16 +383,13 @@ impl Drop for VmCgroup {
     }
 }
 
-/// Removes groups named `<prefix><pid>-<n>` of other (dead) agents,
-/// killing what is still in them; returns how many.
-pub fn clean_leftovers(prefix: &str) -> usize {
-    let Some(version) = detect() else {
-        return 0;
-    };
-    let parent = dirs(version, "")[0].clone();
+/// Removes groups named `<prefix><pid>-<n>` of other (dead) agents in
+/// `hierarchy`, killing what is still in them; returns how many.
+pub fn clean_leftovers(hierarchy: &Hierarchy, prefix: &str) -> usize {
+    let version = hierarchy.version;
     let mut n = 0;
-    for name in crate::base::fsutil::names_of_other_agents(&parent, prefix) {
-        match remove(version, &dirs(version, &name)) {
+    for name in crate::base::fsutil::names_of_other_agents(&hierarchy.parents[0], prefix) {
+        match remove(version, &hierarchy.dirs(&name)) {
             Ok(()) => {
                 tracing::info!("removed leftover cgroup {name}");
                 n += 1;
@@ -252,4 +398,69 @@ pub fn clean_leftovers(prefix: &str) -> usize {
         }
     }
     n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V1: &str = "12:pids:/system.slice/bbot-agent@gcc-1.service\n\
+                      4:cpu,cpuacct:/system.slice/bbot-agent@gcc-1.service\n\
+                      3:memory:/system.slice/bbot-agent@gcc-1.service\n\
+                      1:name=systemd:/system.slice/bbot-agent@gcc-1.service\n\
+                      0::/system.slice/bbot-agent@gcc-1.service\n";
+
+    #[test]
+    fn own_groups_are_read_per_hierarchy() {
+        let unit = "/system.slice/bbot-agent@gcc-1.service";
+        assert_eq!(own_group(V1, Some("cpu")), Some(unit));
+        assert_eq!(own_group(V1, Some("memory")), Some(unit));
+        assert_eq!(own_group(V1, Some("cpuacct")), Some(unit));
+        assert_eq!(own_group(V1, Some("blkio")), None);
+        assert_eq!(own_group(V1, None), Some(unit));
+        assert_eq!(own_group("0::/\n", None), Some("/"));
+        assert_eq!(own_group("garbage\n", None), None);
+    }
+
+    #[test]
+    fn delegated_v1_groups_go_under_the_agents_own() {
+        let root = Path::new("/nonexistent-cgroup-root");
+        let h = Hierarchy::delegated(Version::V1, root, V1).expect("v1");
+        let unit = "system.slice/bbot-agent@gcc-1.service";
+        assert_eq!(
+            h.dirs("bbot-gcc-1-1-7-0"),
+            CONTROLLERS
+                .iter()
+                .map(|c| root.join(c).join(unit).join("bbot-gcc-1-1-7-0"))
+                .collect::<Vec<_>>()
+        );
+        let missing = Hierarchy::delegated(Version::V1, root, "0::/x\n");
+        assert!(missing.is_err(), "{missing:?}");
+    }
+
+    #[test]
+    fn a_delegated_v2_group_moves_its_processes_to_a_leaf() {
+        // A stand-in v2 tree (plain files; the kernel's would move the
+        // pids out of cgroup.procs itself).
+        let tmp = tempfile::tempdir().expect("tmp");
+        let own = tmp.path().join("system.slice/bbot-agent@gcc-1.service");
+        fs::create_dir_all(&own).expect("own");
+        fs::write(own.join("cgroup.procs"), "4242\n").expect("procs");
+        let h = Hierarchy::delegated(Version::V2, tmp.path(), V1).expect("v2");
+        assert_eq!(h.parents(), std::slice::from_ref(&own));
+        assert_eq!(
+            fs::read_to_string(own.join(AGENT_LEAF).join("cgroup.procs")).expect("leaf procs"),
+            "4242"
+        );
+        assert_eq!(
+            fs::read_to_string(own.join("cgroup.subtree_control")).expect("subtree_control"),
+            "+memory +pids +cpu"
+        );
+        let root = Hierarchy::delegated(Version::V2, tmp.path(), "0::/\n");
+        assert!(
+            root.as_ref()
+                .is_err_and(|e| e.to_string().contains("root cgroup")),
+            "{root:?}"
+        );
+    }
 }

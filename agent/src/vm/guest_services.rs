@@ -37,7 +37,7 @@ pub struct ServicesSpec<'a> {
     pub own_netns: bool,
     /// The VM's cgroup: the host's version and the limits (`None`: no
     /// usable controllers).
-    pub cgroup: Option<(cgroup::Version, cgroup::Limits)>,
+    pub cgroup: Option<(cgroup::Hierarchy, cgroup::Limits)>,
     /// The task's mirror and a fresh directory for its server (tasks only).
     pub source: Option<(&'a Mirror, &'a Path)>,
 }
@@ -68,10 +68,10 @@ impl GuestServices {
                 GuestNetns::create(spec.name).map_err(|e| failed("network")(e.to_string()))?,
             )),
         };
-        let cgroup = match spec.cgroup {
+        let cgroup = match &spec.cgroup {
             None => None,
-            Some((version, limits)) => Some(Arc::new(
-                VmCgroup::create(version, spec.name, limits)
+            Some((hierarchy, limits)) => Some(Arc::new(
+                VmCgroup::create(hierarchy, spec.name, *limits)
                     .map_err(|e| failed("cgroup")(e.to_string()))?,
             )),
         };

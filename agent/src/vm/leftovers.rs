@@ -38,6 +38,8 @@ pub struct VmLeftovers {
     /// Name prefix of the VMs' network namespaces and cgroups
     /// (`bbot-<toolchain>-<num>-<instance>-`).
     pub vm_prefix: String,
+    /// Where the VMs' cgroups are (`None`: the host has none).
+    pub cgroups: Option<crate::vm::cgroup::Hierarchy>,
 }
 
 /// How long a killed QEMU gets to disappear.
@@ -63,7 +65,9 @@ impl VmLeftovers {
             n += clean_taps(prefix);
         }
         n += crate::vm::netns::clean_leftovers(&self.vm_prefix);
-        n += crate::vm::cgroup::clean_leftovers(&self.vm_prefix);
+        if let Some(h) = &self.cgroups {
+            n += crate::vm::cgroup::clean_leftovers(h, &self.vm_prefix);
+        }
         if self.tftp_build_dir.exists() {
             match std::fs::remove_dir_all(&self.tftp_build_dir) {
                 Ok(()) => {
@@ -250,6 +254,7 @@ mod tests {
             tftp_build_dir: tftp.clone(),
             tap_prefix: None,
             vm_prefix: format!("bbot-leftovers-unit-test-{}-", std::process::id()),
+            cgroups: None,
         };
         assert_eq!(
             l.clean(),

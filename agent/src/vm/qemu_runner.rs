@@ -99,15 +99,16 @@ pub struct QemuConfig {
     pub mirrors: MirrorConfig,
     /// `--qemu-user`: the unprivileged user QEMU runs as.
     pub qemu_user: QemuUser,
+    /// Where VM cgroups are made (`cgroup::Hierarchy::detect`, done by
+    /// the caller before it starts anything); `None`: the host has no
+    /// usable controllers, VMs run without a group (with a warning).
+    pub cgroups: Option<cgroup::Hierarchy>,
 }
 
 /// Boots real guests with QEMU.
 #[derive(Debug)]
 pub struct QemuRunner {
     cfg: QemuConfig,
-    /// The host's cgroup version (`None`: no usable controllers; VMs run
-    /// without a group, with a warning at start).
-    cgroups: Option<cgroup::Version>,
 }
 
 static SESSION: AtomicU64 = AtomicU64::new(0);
@@ -130,14 +131,21 @@ impl QemuRunner {
         if cfg.vm.bridge.is_some() {
             crate::vm::tap::check_available().map_err(crate::vm::lifecycle::VmError::Network)?;
         }
-        let cgroups = cgroup::detect();
-        match cgroups {
-            Some(v) => tracing::info!("VMs run in cgroups ({v:?})"),
+        match &cfg.cgroups {
+            Some(h) => tracing::info!(
+                "VMs run in cgroups ({:?}) under {}",
+                h.version(),
+                h.parents()
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             None => tracing::warn!(
                 "no cgroup memory, pids and cpu controllers: VMs run without their limits"
             ),
         }
-        Ok(QemuRunner { cfg, cgroups })
+        Ok(QemuRunner { cfg })
     }
 
     /// What a dead predecessor's VMs may have left, for start-up.
@@ -153,6 +161,7 @@ impl QemuRunner {
                 .as_ref()
                 .map(|_| tap_prefix(self.cfg.vm.toolchain_num, self.cfg.vm.instance)),
             vm_prefix: self.names_prefix(),
+            cgroups: self.cfg.cgroups.clone(),
         }
     }
 
@@ -259,7 +268,7 @@ impl QemuRunner {
             advertised: IpAddr::V4(advertised),
             name: &services_name,
             own_netns: self.cfg.vm.bridge.is_none(),
-            cgroup: self.cgroups.map(|v| (v, limits)),
+            cgroup: self.cfg.cgroups.clone().map(|h| (h, limits)),
             source: source.map(|m| (m, source_dir.as_path())),
         });
         let services = match services {

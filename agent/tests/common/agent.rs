@@ -18,8 +18,23 @@ pub const FAKE_MACHINE: &str = ": 1\nid: linux-1\nname: linux\nsummary: fake tes
 impl AgentProc {
     /// Starts `bbot-agent args...`.
     pub fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bbot-agent"))
-            .args(args)
+        Self::start(Command::new(env!("CARGO_BIN_EXE_bbot-agent")).args(args))
+    }
+
+    /// Starts `bbot-agent args...` inside the test's cgroup `group` (as
+    /// systemd starts a unit in its delegated group).
+    pub fn spawn_in<S: AsRef<std::ffi::OsStr>>(
+        args: &[S],
+        group: &super::cgroup::TestCgroup,
+    ) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bbot-agent"));
+        cmd.args(args);
+        group.join_on_spawn(&mut cmd);
+        Self::start(&mut cmd)
+    }
+
+    fn start(cmd: &mut Command) -> Self {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod btrfs_loop;
+pub mod cgroup;
 pub mod controller;
 pub mod hand_vm;
 pub mod vm;
