@@ -427,37 +427,31 @@ fn a_windowed_upload_is_acknowledged_per_window_and_repaired_at_once() {
         String::from_utf8_lossy(&oack)
     );
     let short = Duration::from_millis(400);
-    for b in 1..=4 {
-        sock.send_to(&raw_data(b, 512), tid).unwrap();
-    }
+    let send = |blocks: &[u16]| {
+        for &b in blocks {
+            sock.send_to(&raw_data(b, 512), tid).unwrap();
+        }
+    };
+    send(&[1, 2, 3, 4]);
     assert_eq!(
         raw_answers(&sock, short),
         [vec![0, 4, 0, 4]],
         "one ACK per window"
     );
-    for b in [5, 6, 8] {
-        sock.send_to(&raw_data(b, 512), tid).unwrap();
-    }
+    send(&[5, 6, 8]);
     assert_eq!(
         raw_answers(&sock, short),
         [vec![0, 4, 0, 6]],
         "the gap, once, at once"
     );
     // As if ACK 6 had been lost: the client resends its window 5-8.
-    for b in [5, 6] {
-        sock.send_to(&raw_data(b, 512), tid).unwrap();
-    }
-    for b in 7..=8 {
-        sock.send_to(&raw_data(b, 512), tid).unwrap();
-    }
+    send(&[5, 6, 7, 8]);
     assert_eq!(
         raw_answers(&sock, short),
         [vec![0, 4, 0, 6]],
         "duplicates 5 and 6 are answered once; 7 and 8 start a window"
     );
-    for b in 9..=10 {
-        sock.send_to(&raw_data(b, 512), tid).unwrap();
-    }
+    send(&[9, 10]);
     sock.send_to(&raw_data(11, 5), tid).unwrap();
     assert_eq!(
         raw_answers(&sock, short),

@@ -197,6 +197,14 @@ fn next_from_client(tid: &UdpSocket) -> Vec<u8> {
     buf[..n].to_vec()
 }
 
+/// The request (RRQ or WRQ) asks for RFC 7440 windows of 4 blocks.
+fn assert_asks_window_of_4(request: &[u8]) {
+    assert!(
+        request.windows(13).any(|w| w == b"windowsize\x004\x00"),
+        "the request asks for the window: {request:?}"
+    );
+}
+
 fn data_block(block: u16, len: usize) -> Vec<u8> {
     let mut p = vec![0, 3];
     p.extend_from_slice(&block.to_be_bytes());
@@ -210,10 +218,7 @@ fn windowed_download_acks_once_per_window_and_repairs_a_gap_at_once() {
     // (not 1-3); when block 6 is lost it acknowledges 5 as soon as 7
     // arrives (once, not again for 8), and counts its next window from 6.
     let (addr, handle) = scripted_server(|rrq, client, tid| {
-        assert!(
-            rrq.windows(13).any(|w| w == b"windowsize\x004\x00"),
-            "RRQ asks for the window: {rrq:?}"
-        );
+        assert_asks_window_of_4(rrq);
         tid.send_to(b"\x00\x06blksize\x001024\x00windowsize\x004\x00", client)
             .expect("OACK");
         assert_eq!(next_from_client(&tid), [0, 4, 0, 0]);
@@ -367,10 +372,7 @@ fn windowed_upload_sends_windows_and_resends_from_what_was_acknowledged() {
     // the server has none of it) resends 7-10 once, a third one nothing;
     // ACK 10 ends the upload.
     let (addr, handle) = scripted_server(|wrq, client, tid| {
-        assert!(
-            wrq.windows(13).any(|w| w == b"windowsize\x004\x00"),
-            "WRQ asks for the window: {wrq:?}"
-        );
+        assert_asks_window_of_4(wrq);
         tid.send_to(b"\x00\x06windowsize\x004\x00", client)
             .expect("OACK");
         let blocks = |tid: &UdpSocket, want: std::ops::RangeInclusive<u16>| {
