@@ -83,7 +83,7 @@ pub enum Placement {
 /// The leaf the agent moves itself into under a delegated v2 group.
 pub const AGENT_LEAF: &str = "agent";
 /// The controllers a VM group limits.
-const CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
+pub const CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
 
 /// The hierarchies VM groups are made in, as this agent uses them: the
 /// version and, per hierarchy, the parent of the groups.
@@ -224,7 +224,7 @@ fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
 }
 
 /// The host's cgroup version, or `None` when neither has the controllers.
-fn detect() -> Option<Version> {
+pub fn detect() -> Option<Version> {
     let v2 = fs::read_to_string(Path::new(ROOT).join("cgroup.controllers")).unwrap_or_default();
     let has = |c: &str| v2.split_whitespace().any(|w| w == c);
     if has("memory") && has("pids") && has("cpu") {
@@ -301,44 +301,49 @@ impl VmCgroup {
         &self.dirs
     }
 
-    /// Makes `cmd`'s process join the group before it executes (writing
-    /// `0`, "myself", to each `cgroup.procs`).
+    /// Makes `cmd`'s process join the group before it executes.
     pub fn join_on_spawn(&self, cmd: &mut Command) -> Result<(), CgroupError> {
-        let mut paths = Vec::new();
-        for d in &self.dirs {
-            let p = d.join("cgroup.procs");
-            let c = CString::new(p.as_os_str().as_bytes()).map_err(|e| CgroupError {
-                path: p.clone(),
-                source: io::Error::new(io::ErrorKind::InvalidInput, e),
-            })?;
-            paths.push(c);
-        }
-        // SAFETY: between fork and exec the closure only calls open, write
-        // and close (async-signal-safe) on strings made before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                for p in &paths {
-                    let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                    if fd < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-                    let e = io::Error::last_os_error();
-                    libc::close(fd);
-                    if n != 1 {
-                        return Err(e);
-                    }
-                }
-                Ok(())
-            });
-        }
-        Ok(())
+        join_on_spawn(&self.dirs, cmd)
     }
 
     /// The processes in the group.
     pub fn pids(&self) -> Vec<u32> {
         procs_of(&self.dirs[0])
     }
+}
+
+/// Makes `cmd`'s process join the groups `dirs` (one per hierarchy)
+/// before it executes, writing `0`, "myself", to each `cgroup.procs`.
+pub fn join_on_spawn(dirs: &[PathBuf], cmd: &mut Command) -> Result<(), CgroupError> {
+    let mut paths = Vec::new();
+    for d in dirs {
+        let p = d.join("cgroup.procs");
+        let c = CString::new(p.as_os_str().as_bytes()).map_err(|e| CgroupError {
+            path: p.clone(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, e),
+        })?;
+        paths.push(c);
+    }
+    // SAFETY: between fork and exec the closure only calls open, write
+    // and close (async-signal-safe) on strings made before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            for p in &paths {
+                let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let e = io::Error::last_os_error();
+                libc::close(fd);
+                if n != 1 {
+                    return Err(e);
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 fn procs_of(dir: &Path) -> Vec<u32> {

@@ -2,11 +2,11 @@
 //! delegates to a unit (`Delegate=yes`): the agent is started inside it
 //! and, with `--cgroup-delegated`, makes its VMs' groups under it.
 
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+use bbot_agent::vm::cgroup::{self, Version, CONTROLLERS};
 
 const ROOT: &str = "/sys/fs/cgroup";
 
@@ -20,27 +20,21 @@ impl TestCgroup {
     /// Makes the group (as root).
     pub fn new(what: &str) -> TestCgroup {
         let name = format!("bbot-test-{what}-{}", std::process::id());
-        let v2 =
-            std::fs::read_to_string(Path::new(ROOT).join("cgroup.controllers")).unwrap_or_default();
-        let dirs: Vec<PathBuf> = if v2.split_whitespace().any(|c| c == "memory") {
-            let f = Path::new(ROOT).join("cgroup.subtree_control");
-            std::fs::write(&f, "+memory +pids +cpu").expect("enable controllers at the top");
-            vec![Path::new(ROOT).join(&name)]
-        } else {
-            ["memory", "pids", "cpu"]
+        let dirs: Vec<PathBuf> = match cgroup::detect().expect("cgroup memory, pids and cpu") {
+            Version::V2 => {
+                let f = Path::new(ROOT).join("cgroup.subtree_control");
+                std::fs::write(&f, "+memory +pids +cpu").expect("enable controllers at the top");
+                vec![Path::new(ROOT).join(&name)]
+            }
+            Version::V1 => CONTROLLERS
                 .iter()
                 .map(|c| Path::new(ROOT).join(c).join(&name))
-                .collect()
+                .collect(),
         };
         for d in &dirs {
             std::fs::create_dir_all(d).unwrap_or_else(|e| panic!("{}: {e}", d.display()));
         }
         TestCgroup { dirs }
-    }
-
-    /// The group's directories (one per hierarchy).
-    pub fn dirs(&self) -> &[PathBuf] {
-        &self.dirs
     }
 
     /// The group's path as `/proc/<pid>/cgroup` shows it, e.g.
@@ -52,31 +46,7 @@ impl TestCgroup {
 
     /// Makes `cmd`'s process join the group before it executes.
     pub fn join_on_spawn(&self, cmd: &mut Command) {
-        let procs: Vec<std::ffi::CString> = self
-            .dirs
-            .iter()
-            .map(|d| std::ffi::CString::new(d.join("cgroup.procs").as_os_str().as_bytes()))
-            .collect::<Result<_, _>>()
-            .expect("paths without NUL");
-        // SAFETY: only open/write/close (async-signal-safe) between fork
-        // and exec, on strings made before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                for p in &procs {
-                    let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                    if fd < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-                    let e = std::io::Error::last_os_error();
-                    libc::close(fd);
-                    if n != 1 {
-                        return Err(e);
-                    }
-                }
-                Ok(())
-            });
-        }
+        cgroup::join_on_spawn(&self.dirs, cmd).expect("the test cgroup's paths");
     }
 
     /// The names of the groups directly under this one (in the first

@@ -369,13 +369,12 @@ impl TftpClient {
     /// The options of a request; `windowsize` is asked for only when 2
     /// or more.
     fn options(&self, tsize: u64) -> Vec<(&'static str, String)> {
-        let windowsize = self.windowsize;
         let mut o = vec![("tsize", tsize.to_string())];
         if self.blksize != 512 {
             o.push(("blksize", self.blksize.to_string()));
         }
-        if windowsize > 1 {
-            o.push(("windowsize", windowsize.to_string()));
+        if self.windowsize > 1 {
+            o.push(("windowsize", self.windowsize.to_string()));
         }
         o
     }
